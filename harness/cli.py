@@ -1,0 +1,74 @@
+"""`udabench`: the one command-line entry point.
+
+Each subcommand lives in its own module as `register(subparsers)`; heavy imports (torch, ray, mlflow)
+happen inside the command functions, so `udabench --help` is instant. Usage errors exit with code 2
+and a one-line message; a bad config or input file likewise names the file and field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from harness.env import offline
+
+# (module, attribute): each registers one or more subcommands.
+COMMANDS = (
+    "harness.data.commands",
+    "harness.models.commands",
+    "harness.commands_train",
+    "harness.study_commands",
+    "harness.report_commands",
+    "harness.demo",
+)
+
+
+class UsageError(Exception):
+    """Raised by a command for bad arguments or input: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit code 2
+        sys.stderr.write(f"udabench: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="udabench",
+        description="Reproducible benchmark and ablation harness for unsupervised domain adaptation "
+                    "in semantic segmentation.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for module in COMMANDS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module:
+                continue  # not written yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    offline()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from harness.config import ConfigError
+    from harness.registry import UnknownNameError
+
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, ConfigError, UnknownNameError, FileNotFoundError) as e:
+        msg = str(e)
+        sys.stderr.write(f"udabench {args.command}: error: {msg}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("udabench: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,382 @@
+"""The training engine: one iteration-based loop for every host method and auxiliary task.
+
+Per iteration: one source batch and one target batch -> `host.step` (its losses, back-propagated one
+by one in the recipe's order; pseudo-labels for the tasks) -> each auxiliary task's losses, weighted by
+its lambda -> optimiser step -> EMA update. Every `eval.interval` iterations (and at the end): evaluate
+the student on the target validation split, write a checkpoint, call `on_eval`.
+
+Determinism: the sample drawn at position k of the stream is a pure function of (seed, k), so a run
+resumed from a checkpoint sees exactly the data an uninterrupted run sees; with the RNG states in the
+checkpoint, the resumed run ends with identical metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness import checkpoint as ckpt
+from harness.config import RunConfig, save_config
+from harness.labels import CLASSES, NUM_CLASSES
+
+MEAN = (123.675, 116.28, 103.53)
+STD = (58.395, 57.12, 57.375)
+
+OnEval = Callable[[int, dict[str, float], Path], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the message names the loss and the iteration."""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}' requested but CUDA is not available here; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def metric_key(class_name: str) -> str:
+    return "iou/" + class_name.replace(" ", "_")
+
+
+# ---------------------------------------------------------------------------------------------------
+# data: a stateless, resumable sample stream
+
+class SampleStream(torch.utils.data.Dataset):
+    """Maps a global sample number k to a dataset item: epoch = k // N, index = perm_epoch[k % N].
+
+    With rare-class sampling (DAFormer), sample k first draws a class c with P(c) = softmax((1 - f_c)/T)
+    and then an image holding at least `min_pixels` of c. Either way the draw depends only on (seed, k).
+    """
+
+    def __init__(self, dataset, seed: int, rcs: tuple[float, int] | None = None) -> None:
+        self.dataset, self.seed, self.n = dataset, seed, len(dataset)
+        if self.n == 0:
+            raise ValueError(f"dataset {getattr(dataset, 'root', dataset)} is empty")
+        self.rcs = None
+        if rcs is not None:
+            temperature, min_pixels = rcs
+            counts = np.asarray(dataset.class_pixel_counts(), dtype=np.float64)  # N x C
+            freq = counts.sum(0) / max(counts.sum(), 1.0)
+            present = [np.flatnonzero(counts[:, c] >= min_pixels) for c in range(counts.shape[1])]
+            classes = [c for c in range(counts.shape[1]) if freq[c] > 0 and len(present[c])]
+            if not classes:
+                raise ValueError("rare-class sampling: no class reaches rcs_min_pixels in any image")
+            logits = (1.0 - freq[classes]) / temperature
+            p = np.exp(logits - logits.max())
+            self.rcs = (np.asarray(classes), p / p.sum(), present)
+        self._perm_epoch, self._perm = -1, None
+
+    def index(self, k: int) -> tuple[int, int]:
+        epoch, pos = divmod(k, self.n)
+        if self.rcs is not None:
+            classes, probs, present = self.rcs
+            rng = np.random.default_rng((self.seed, 7, k))
+            c = classes[rng.choice(len(classes), p=probs)]
+            return int(rng.choice(present[c])), epoch
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng((self.seed, 11, epoch)).permutation(self.n)
+            self._perm_epoch = epoch
+        return int(self._perm[pos]), epoch
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        index, epoch = self.index(k)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
+class _Range(torch.utils.data.Sampler):
+    def __init__(self, start: int) -> None:
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        k = self.start
+        while True:
+            yield k
+            k += 1
+
+
+def _loader(dataset, batch_size: int, workers: int, start_sample: int, seed: int):
+    def init(worker_id: int) -> None:
+        s = seed * 1000 + worker_id
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.manual_seed(s)
+
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=_Range(start_sample), num_workers=workers,
+        worker_init_fn=init if workers else None, persistent_workers=False, drop_last=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# optimisation
+
+def poly_warmup(iterations: int, warmup: int, ratio: float, power: float) -> Callable[[int], float]:
+    """Linear warm-up (from `ratio`) multiplied into a poly decay to 0 (the mmseg/DAFormer schedule)."""
+
+    def factor(it: int) -> float:
+        f = (1.0 - min(it, iterations) / iterations) ** power
+        if warmup and it < warmup:
+            f *= 1.0 - (1.0 - it / warmup) * (1.0 - ratio)
+        return f
+
+    return factor
+
+
+def build_optimizer(cfg: RunConfig, model: nn.Module, aux: nn.ModuleDict) -> torch.optim.Optimizer:
+    groups = model.param_groups()
+    o = cfg.optim
+    param_groups = [
+        {"name": "encoder", "params": list(groups["encoder"]), "lr": o.lr},
+        {"name": "decoder", "params": list(groups["decoder"]), "lr": o.lr * o.head_lr_mult},
+    ]
+    for name, task in aux.items():
+        params = [p for p in task.parameters() if p.requires_grad]
+        if params:
+            param_groups.append({"name": f"aux/{name}", "params": params,
+                                 "lr": o.lr * cfg.method.aux[name].lr_mult})
+    counted = sum(len(g["params"]) for g in param_groups[:2])
+    if counted != len(list(model.parameters())):
+        raise RuntimeError("model.param_groups() does not cover every parameter exactly once")
+    return torch.optim.AdamW(param_groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the run
+
+class Trainer:
+    """Builds everything a run needs from its config; `run()` trains, evaluates and checkpoints."""
+
+    def __init__(self, cfg: RunConfig, on_eval: OnEval | None = None, progress: bool | None = None) -> None:
+        from harness.data import build_dataset
+        from harness.models import create_segmentor
+        from methods import AUX_TASKS, HOSTS
+
+        self.cfg, self.on_eval, self.progress = cfg, on_eval, progress
+        self.device = pick_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+        torch.backends.cudnn.deterministic = not cfg.cudnn_benchmark
+        seed_everything(cfg.seed)
+        self.out = Path(cfg.output).resolve()
+
+        m = cfg.model
+        self.model = create_segmentor(m.arch, backbone=m.backbone, num_classes=NUM_CLASSES,
+                                      pretrained=m.pretrained, **m.options).to(self.device)
+        self.host = HOSTS.get(cfg.method.host)(cfg.method, self.model).to(self.device)
+        self.aux = nn.ModuleDict({
+            name: AUX_TASKS.get(name)(a.options, self.model, NUM_CLASSES)
+            for name, a in cfg.method.aux.items()}).to(self.device)
+        self.optimizer = build_optimizer(cfg, self.model, self.aux)
+        s = cfg.schedule
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, poly_warmup(s.iterations, s.warmup, s.warmup_ratio, s.power))
+        self.amp = cfg.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+        d = cfg.data
+        source = build_dataset(d.source, crop=d.crop, flip=d.flip, seed=cfg.seed)
+        target = build_dataset(d.target, crop=d.crop, flip=d.flip, seed=cfg.seed + 1)
+        rcs = (d.rcs_temperature, d.rcs_min_pixels) if d.rare_class_sampling else None
+        self.source_stream = SampleStream(source, cfg.seed, rcs)
+        self.target_stream = SampleStream(target, cfg.seed + 1)
+        self.val = build_dataset(d.val)
+        self.mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1)
+        self.iteration = 0
+        self.history: list[dict[str, float]] = []
+
+    # -- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "iteration": self.iteration,
+            "model": self.model.state_dict(),
+            "host": self.host.state_dict(),
+            "aux": self.aux.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        free = ("output", "name", "device", "threads", "log_interval", "checkpoint_interval")
+        saved = {k: v for k, v in state["config"].items() if k not in free}
+        mine = {k: v for k, v in self.cfg.to_dict().items() if k not in free}
+        if saved != mine:
+            diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
+            raise ValueError(f"{source}: was written by a run with a different config (differs in: "
+                             f"{', '.join(diff)}); resume with the same config")
+        self.model.load_state_dict(state["model"])
+        self.host.load_state_dict(state["host"])
+        self.aux.load_state_dict(state["aux"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_state(state["rng"])
+        self.iteration = int(state["iteration"])
+        self.history = list(state.get("history", []))
+
+    def save(self) -> Path:
+        return ckpt.save(self.state_dict(), self.out / "checkpoint")
+
+    # -- one step ------------------------------------------------------------------------------------
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.to(self.device, non_blocking=True).float() - self.mean) / self.std
+
+    def step(self, src: dict[str, Any], tgt: dict[str, Any], sums: dict[str, float]) -> None:
+        from methods.base import StepContext
+
+        it = self.iteration
+
+        def backward(name: str, loss: torch.Tensor) -> None:
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"loss '{name}' is {value} at iteration {it}")
+            self.scaler.scale(loss).backward()
+            sums[name] += value
+
+        ctx = StepContext(
+            iteration=it,
+            source_image=self._normalise(src["image"]),
+            source_label=src["label"].to(self.device, non_blocking=True),
+            target_image=self._normalise(tgt["image"]),
+            target_label=tgt["label"].to(self.device, non_blocking=True),
+            student=self.model, mean=self.mean, std=self.std)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            self.host.step(ctx, backward)
+            for name, task in self.aux.items():
+                spec = self.cfg.method.aux[name]
+                if it < spec.start_iter or spec.weight == 0:
+                    continue
+                for key, loss in task(ctx).items():
+                    backward(f"{name}/{key}", spec.weight * loss)
+        if self.cfg.optim.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.host.after_optimizer_step(it)
+        for task in self.aux.values():
+            task.after_optimizer_step(ctx)
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        from harness.evaluation import evaluate
+
+        e = self.cfg.eval
+        loader = torch.utils.data.DataLoader(self.val, batch_size=1, shuffle=False,
+                                             num_workers=self.cfg.data.workers)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            res = evaluate(self.model, loader, self.device, mode=e.mode, crop=e.crop, stride=e.stride,
+                           mean=MEAN, std=STD, max_images=e.max_images)
+        finally:
+            self.model.train(was_training)
+        out = {"target_miou": 100 * res["miou"], "target_miou16": 100 * res["miou16"],
+               "target_miou13": 100 * res["miou13"], "pixel_acc": 100 * res["pixel_acc"]}
+        for name, iou in zip(CLASSES, res["iou"]):
+            out[metric_key(name)] = 100 * float(iou)  # NaN: class absent from GT and prediction
+        return out
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self) -> dict[str, float]:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out / "config.yaml")
+        total = cfg.schedule.iterations
+        bs = cfg.data.batch_size
+        src_iter = iter(_loader(self.source_stream, bs, cfg.data.workers, self.iteration * bs, cfg.seed))
+        tgt_iter = iter(_loader(self.target_stream, bs, cfg.data.workers, self.iteration * bs,
+                                cfg.seed + 1))
+        self.model.train()
+        sums: dict[str, float] = defaultdict(float)
+        steps, t_start = 0, time.perf_counter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        bar = tqdm(total=total, initial=self.iteration, desc=cfg.name, unit="it", dynamic_ncols=True,
+                   disable=self.progress is False or (self.progress is None and not sys.stderr.isatty()))
+        metrics: dict[str, float] = self.history[-1] if self.history else {}
+        try:
+            while self.iteration < total:
+                src, tgt = next(src_iter), next(tgt_iter)
+                self.step(src, tgt, sums)
+                self.iteration += 1
+                steps += 1
+                bar.update(1)
+                if steps % cfg.log_interval == 0 or self.iteration == total:
+                    elapsed = time.perf_counter() - t_start
+                    bar.set_postfix(loss=f"{sum(sums.values()) / steps:.3f}",
+                                    img_s=f"{2 * bs * steps / elapsed:.1f}")
+                if self.iteration % cfg.eval.interval == 0 or self.iteration == total:
+                    elapsed = time.perf_counter() - t_start
+                    metrics = self.evaluate()
+                    metrics.update({f"loss/{k}": v / steps for k, v in sums.items()})
+                    metrics.update({
+                        "iteration": float(self.iteration),
+                        "step_time": elapsed / steps,
+                        "throughput": 2 * bs * steps / elapsed,
+                        "peak_mem_mb": self._peak_mem_mb(),
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                    })
+                    self.history.append(metrics)
+                    if (self.iteration == total or cfg.checkpoint_interval is None
+                            or self.iteration % cfg.checkpoint_interval == 0):
+                        path = self.save()
+                    else:
+                        path = self.out / "checkpoint" / ckpt.FILENAME
+                    bar.write(f"[{cfg.name}] iteration {self.iteration}/{total}: "
+                              f"target mIoU {metrics['target_miou']:.2f}")
+                    if self.on_eval is not None:
+                        self.on_eval(self.iteration, metrics, path.parent)
+                    sums.clear()
+                    steps, t_start = 0, time.perf_counter()
+        finally:
+            bar.close()
+        return metrics
+
+    def _peak_mem_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def train(cfg: RunConfig, on_eval: OnEval | None = None, resume: str | Path | None = None,
+          progress: bool | None = None) -> dict[str, float]:
+    """Train one run; return the final evaluation's metrics. `resume`: a checkpoint file or folder."""
+    trainer = Trainer(cfg, on_eval=on_eval, progress=progress)
+    if resume is not None:
+        trainer.load_state_dict(ckpt.load(resume, map_location=trainer.device), str(resume))
+    return trainer.run()

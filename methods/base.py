@@ -1,0 +1,87 @@
+"""The two interfaces every method implements.
+
+- A **host** (`source_only`, `dacs`, `oracle`) owns the step's main losses and, for self-training
+  hosts, the EMA teacher and its pseudo-labels.
+- An **auxiliary task** (`contrastive`, `mim`, `mfm`) adds L_aux on top. It sees a `StepContext`
+  (batches, student, teacher, the host's pseudo-labels and weights) and returns named, unweighted
+  losses; the engine multiplies by the task's lambda (`method.aux.<name>.weight`) and back-propagates.
+  It owns its extra trainable parts as submodules; they are trained and checkpointed but never part
+  of the evaluated or exported model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+# backward(name, loss): checks the loss is finite (else raises naming it and the iteration), scales it
+# for AMP, back-propagates, and records its value for logging.
+Backward = Callable[[str, torch.Tensor], None]
+
+
+@dataclass
+class StepContext:
+    """Everything one training step knows; images are normalised float tensors on the device."""
+
+    iteration: int
+    source_image: torch.Tensor           # B x 3 x H x W
+    source_label: torch.Tensor           # B x H x W, long, 255 = ignore
+    target_image: torch.Tensor           # B x 3 x H x W (clean, un-augmented)
+    student: nn.Module                   # the segmentor being trained (encode / decode / forward)
+    teacher: nn.Module | None = None     # EMA teacher, eval mode, never receives gradients
+    pseudo_label: torch.Tensor | None = None   # B x H x W, long, teacher argmax on the clean target
+    pseudo_weight: torch.Tensor | None = None  # B x H x W, float confidence weight
+    target_label: torch.Tensor | None = None   # only the oracle host may read this
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # host's strong colour/blur aug
+    mean: torch.Tensor | None = None     # 1x3x1x1 normalisation, 0-255 units
+    std: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class HostMethod(nn.Module):
+    """A host method. Submodules registered here (e.g. the teacher) are checkpointed."""
+
+    provides_pseudo_labels: ClassVar[bool] = False
+
+    def __init__(self, cfg, model: nn.Module) -> None:  # cfg: harness.config.MethodConfig
+        super().__init__()
+        self.cfg = cfg
+        self.student = [model]  # a list, so the student is not registered twice in state dicts
+
+    @property
+    def model(self) -> nn.Module:
+        return self.student[0]
+
+    def step(self, ctx: StepContext, backward: Backward) -> None:
+        """Compute the host's losses, call `backward` once per loss (recipe order), and fill
+        `ctx.pseudo_label` / `ctx.pseudo_weight` / `ctx.teacher` for the auxiliary tasks."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self, iteration: int) -> None:
+        """E.g. the EMA teacher update."""
+
+
+class AuxTask(nn.Module):
+    """An auxiliary task. Subclasses set `Options` (a pydantic model of their knobs)."""
+
+    needs_pseudo_labels: ClassVar[bool] = True
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, options: dict[str, Any], model: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.opts = self.Options.model_validate(options)
+        self.num_classes = num_classes
+
+    def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Return named, unweighted losses (scalar tensors)."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self, ctx: StepContext) -> None:
+        """E.g. update running class prototypes."""

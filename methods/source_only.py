@@ -1,0 +1,18 @@
+"""source_only: supervised cross-entropy on labelled source images; the lower bound of every table."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from harness.labels import IGNORE_INDEX
+from methods import register_host
+from methods.base import Backward, HostMethod, StepContext
+
+
+@register_host("source_only")
+class SourceOnly(HostMethod):
+    provides_pseudo_labels = False
+
+    def step(self, ctx: StepContext, backward: Backward) -> None:
+        logits = self.model(ctx.source_image)
+        backward("sup", F.cross_entropy(logits, ctx.source_label, ignore_index=IGNORE_INDEX))
