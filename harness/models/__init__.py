@@ -1,0 +1,70 @@
+"""Segmentation models on timm backbones: the `MODELS` registry and `create_segmentor` (timm style).
+
+    model = create_segmentor("daformer", backbone="pvt_v2_b0", num_classes=19, embed_dim=64)
+    feats = model.encode(x); logits = model.decode(feats); full = model(x)
+
+Each entry is a tiny factory that imports its module lazily, so `from harness.models import MODELS`
+(config validation, `udabench --help`) never imports torch or timm. Architecture options are keyword
+arguments validated by the architecture's `Options` (an unknown one names the valid keys). A new
+architecture is one module with a `Segmentor` subclass plus one entry below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.registry import Registry
+
+if TYPE_CHECKING:
+    from harness.models.base import Segmentor
+
+MODELS = Registry("model architecture")
+register_model = MODELS.register
+
+# The backbone each architecture uses at paper scale (and by default).
+PAPER_BACKBONES: dict[str, str] = {
+    "deeplabv2": "resnet101",
+    "daformer": "pvt_v2_b5",
+    "segformer": "pvt_v2_b5",
+}
+
+
+@register_model("deeplabv2")
+def deeplabv2(**kwargs: Any) -> Segmentor:
+    """DeepLab-v2: dilated ResNet (output stride 8) + ASPP classifier (6, 12, 18, 24), summed."""
+    from harness.models.deeplabv2 import DeepLabV2
+
+    return DeepLabV2(**kwargs)
+
+
+@register_model("daformer")
+def daformer(**kwargs: Any) -> Segmentor:
+    """DAFormer: hierarchical encoder (PVTv2) + context-aware fusion head (separable ASPP 1, 6, 12, 18)."""
+    from harness.models.daformer import DAFormer
+
+    return DAFormer(**kwargs)
+
+
+@register_model("segformer")
+def segformer(**kwargs: Any) -> Segmentor:
+    """SegFormer: hierarchical encoder (PVTv2) + all-MLP head."""
+    from harness.models.segformer import SegFormer
+
+    return SegFormer(**kwargs)
+
+
+def create_segmentor(arch: str, backbone: str | None = None, num_classes: int = 19,
+                     pretrained: str | Path | None = None, **options: Any) -> Segmentor:
+    """Build a registered architecture. `backbone`: a timm model name (default: the paper's);
+    `pretrained`: a local weights file for the encoder (None = random init; never downloads)."""
+    factory = MODELS.get(arch)
+    backbone = backbone or PAPER_BACKBONES.get(arch)
+    if backbone is None:
+        raise ValueError(f"model architecture '{arch}' has no default backbone; pass backbone=")
+    return factory(backbone=backbone, num_classes=num_classes, pretrained=pretrained, **options)
+
+
+def describe(arch: str) -> str:
+    """The one-line description of an architecture (its factory's docstring)."""
+    return (MODELS.get(arch).__doc__ or "").strip().splitlines()[0]

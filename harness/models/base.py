@@ -1,0 +1,171 @@
+"""The segmentor interface every architecture implements, and timm encoders with local weights.
+
+A `Segmentor` is a timm `features_only` encoder plus a decode head:
+
+- `encode(x) -> list[Tensor]`: stage features, shallow to deep (`feature_channels`, `feature_strides`);
+- `decode(features) -> logits` at the decoder's resolution (`decoder_stride`);
+- `forward(x)`: `decode(encode(x))` upsampled (bilinear, align_corners=False) to the input size.
+
+Auxiliary tasks rely on the split (MFM feeds rebuilt features to `decode`, contrastive reads `encode`).
+Inputs are normalised float images (the engine normalises on the device).
+
+Pretrained encoders come from a local file only, never from a hub: a timm state dict of the backbone
+(the format of timm's own weights, `timm.create_model(name).state_dict()`, as .pth/.pt or
+.safetensors, optionally wrapped as {"state_dict": ...} or {"model": ...}). The classifier may be
+present or not; every other tensor must be there with the right shape, or loading fails with an error
+naming the file and the first mismatching keys. timm itself loads `features_only` weights non-strictly
+and would silently keep random tensors, so the file is checked against the model first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from harness.config import ConfigError
+from harness.registry import UnknownNameError, closest
+
+
+class WeightsFileError(ConfigError):
+    """A pretrained weights file that cannot be read or does not match its backbone."""
+
+
+class Segmentor(nn.Module):
+    """Encoder (timm, features_only) + decode head. Subclasses define `Options` and build `head`."""
+
+    arch: ClassVar[str] = "segmentor"
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        encoder_options: dict[str, Any] = Field(default_factory=dict)  # extra timm kwargs, e.g. drop_path_rate
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, backbone: str, num_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.backbone = backbone
+        self.num_classes = num_classes
+        info = encoder.feature_info
+        self.feature_channels: list[int] = list(info.channels())
+        self.feature_strides: list[int] = list(info.reduction())
+
+    @property
+    def decoder_stride(self) -> int:
+        """Input pixels per logit of `decode` (the resolution of the shallowest stage the head uses)."""
+        return self.feature_strides[0]
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.encoder(x))
+
+    def decode(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(list(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.decode(self.encode(x))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Encoder and decoder parameters (disjoint, together every parameter of the model)."""
+        return {"encoder": list(self.encoder.parameters()), "decoder": list(self.head.parameters())}
+
+    @classmethod
+    def parse_options(cls, options: dict[str, Any]) -> Options:
+        """Validate architecture options; an unknown or mistyped one names the field and the valid keys."""
+        try:
+            return cls.Options.model_validate(options)
+        except ValidationError as e:
+            from harness.config import format_validation_error
+
+            raise ConfigError(format_validation_error(e, f"model.options ({cls.arch})", cls.Options)) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# timm encoders
+
+def check_backbone(name: str) -> None:
+    import timm
+
+    if not timm.is_model(name):
+        raise UnknownNameError(
+            f"unknown timm backbone '{name}'{closest(name, timm.list_models())}; "
+            "any name from timm.list_models() with features_only support works")
+
+
+def create_encoder(backbone: str, out_indices: tuple[int, ...], pretrained: str | Path | None = None,
+                   **timm_kwargs: Any) -> nn.Module:
+    """A timm `features_only` encoder; `pretrained` is a local weights file (checked, never downloaded)."""
+    import timm
+
+    check_backbone(backbone)
+    state_dict = None
+    if pretrained is not None:
+        state_dict = load_backbone_weights(pretrained, backbone, **timm_kwargs)
+    kwargs: dict[str, Any] = dict(features_only=True, out_indices=tuple(out_indices), **timm_kwargs)
+    if state_dict is not None:
+        # timm maps full-model keys to the feature wrapper's; strictness was checked above.
+        kwargs.update(pretrained=True, pretrained_strict=False,
+                      pretrained_cfg_overlay=dict(state_dict=state_dict, file=None, url=None, hf_hub_id=None))
+    try:
+        return timm.create_model(backbone, **kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError, IndexError) as e:
+        shown = {k: v for k, v in kwargs.items() if k != "pretrained_cfg_overlay"}
+        raise ConfigError(
+            f"backbone '{backbone}': timm cannot build it as a feature extractor with {shown}: "
+            f"{type(e).__name__}: {e}") from None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weights file (.safetensors, or a torch file with weights_only=True) into a state dict."""
+    from timm.models import load_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights file '{path}' does not exist")
+    try:
+        sd = load_state_dict(str(path), use_ema=False, weights_only=True)
+    except Exception as e:  # unpickling errors, truncated files, not a dict, ...
+        raise WeightsFileError(
+            f"pretrained weights file '{path}' is not a readable state dict "
+            f"({type(e).__name__}: {e})") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsFileError(f"pretrained weights file '{path}' does not hold a state dict of tensors")
+    return dict(sd)
+
+
+def load_backbone_weights(path: str | Path, backbone: str, **timm_kwargs: Any) -> dict[str, torch.Tensor]:
+    """Read `path` and check it against timm's `backbone` (all tensors but the classifier, same shapes)."""
+    import timm
+
+    sd = read_state_dict(path)
+    with torch.device("meta"):
+        reference = timm.create_model(backbone, **timm_kwargs)
+    classifier = reference.pretrained_cfg.get("classifier") or ()
+    if isinstance(classifier, str):
+        classifier = (classifier,)
+    prefixes = tuple(f"{c}." for c in classifier)
+    sd = {k: v for k, v in sd.items() if not k.startswith(prefixes)}
+    expected = {k: v.shape for k, v in reference.state_dict().items() if not k.startswith(prefixes)}
+    missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [f"{k} {tuple(sd[k].shape)} in the file, {tuple(s)} in the model"
+              for k, s in expected.items() if k in sd and sd[k].shape != s]
+    if missing or unexpected or shapes:
+        parts = []
+        for what, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if items:
+                shown = "; ".join(items[:3]) + ("; ..." if len(items) > 3 else "")
+                parts.append(f"{len(items)} {what} ({shown})")
+        raise WeightsFileError(
+            f"pretrained weights file '{path}' does not match timm backbone '{backbone}': "
+            + ", ".join(parts) + ". Expected a timm state dict of that model "
+            "(timm.create_model(name).state_dict() format).")
+    return sd
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
