@@ -257,13 +257,12 @@ def _check_names(cfg: RunConfig, source: str) -> None:
     """Names that live in registries (model, method, aux tasks) are checked here, with valid lists."""
     from harness.registry import UnknownNameError
 
+    from harness.models import MODELS
+
     try:
-        from harness.models import MODELS
         MODELS.get(cfg.model.arch)
     except UnknownNameError as e:
         raise ConfigError(f"{source}: model.arch: {e}") from None
-    except ImportError:
-        pass
     from methods import AUX_TASKS, HOSTS
     try:
         HOSTS.get(cfg.method.host)

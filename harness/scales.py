@@ -5,8 +5,9 @@
 - cpu:   the synthetic benchmark in full on two CPU cores (the calibrated domain gap).
 - paper: real datasets, 40k iterations, 512 crops, a GPU (validated here, never run).
 
-A preset is a config overlay (merged under `--set` overrides) plus the backbone each architecture uses
-at that scale, so a study that varies `model.arch` gets a sensible encoder at every scale.
+A preset is a config overlay (merged under `--set` overrides) plus the backbone and head options each
+architecture uses at that scale, so a study that varies `model.arch` gets a sensible model at every
+scale.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from harness.registry import closest
 SCALES: dict[str, dict[str, Any]] = {
     "smoke": {
         "backbones": {"deeplabv2": "resnet18", "daformer": "pvt_v2_b0", "segformer": "pvt_v2_b0"},
+        "arch_options": {"daformer": {"embed_dim": 64}, "segformer": {"embed_dim": 64}},
         "overlay": {
             "data": {"crop": [64, 64], "batch_size": 1},
             "schedule": {"iterations": 4, "warmup": 1},
@@ -29,6 +31,7 @@ SCALES: dict[str, dict[str, Any]] = {
     },
     "demo": {
         "backbones": {"deeplabv2": "resnet18", "daformer": "pvt_v2_b0", "segformer": "pvt_v2_b0"},
+        "arch_options": {"daformer": {"embed_dim": 64}, "segformer": {"embed_dim": 64}},
         "overlay": {
             "data": {"crop": [128, 128], "batch_size": 2},
             "schedule": {"iterations": 200, "warmup": 20},
@@ -39,6 +42,7 @@ SCALES: dict[str, dict[str, Any]] = {
     },
     "cpu": {
         "backbones": {"deeplabv2": "resnet18", "daformer": "pvt_v2_b0", "segformer": "pvt_v2_b0"},
+        "arch_options": {"daformer": {"embed_dim": 64}, "segformer": {"embed_dim": 64}},
         "overlay": {
             "data": {"crop": [128, 128], "batch_size": 2},
             "schedule": {"iterations": 1000, "warmup": 50},
@@ -75,4 +79,6 @@ def scale_overlay(name: str, arch: str | None = None) -> dict[str, Any]:
     overlay = copy.deepcopy(scale["overlay"])
     if arch is not None and arch in scale["backbones"]:
         overlay = deep_merge(overlay, {"model": {"backbone": scale["backbones"][arch]}})
+    if arch is not None and arch in scale.get("arch_options", {}):
+        overlay = deep_merge(overlay, {"model": {"options": scale["arch_options"][arch]}})
     return overlay
