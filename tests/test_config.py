@@ -1,0 +1,69 @@
+"""Run configs: typed, inheritable, overridable, and strict about mistakes."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.config import ConfigError, load_config, save_config
+
+
+def test_defaults_are_the_reference_recipe():
+    cfg = load_config()
+    assert cfg.optim.lr == 6e-5 and cfg.optim.head_lr_mult == 10
+    assert cfg.schedule.warmup == 1500 and cfg.schedule.iterations == 40000
+    assert cfg.method.pseudo_threshold == 0.968
+
+
+def test_variant_inherits_base_and_changes_one_field(tmp_path):
+    (tmp_path / "base.yaml").write_text("model: {arch: deeplabv2, backbone: resnet18}\nseed: 3\n")
+    (tmp_path / "variant.yaml").write_text("base: base.yaml\nmodel: {backbone: resnet50}\n")
+    cfg = load_config(tmp_path / "variant.yaml")
+    assert (cfg.model.arch, cfg.model.backbone, cfg.seed) == ("deeplabv2", "resnet50", 3)
+
+
+def test_overrides_are_typed_and_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["schedule.iterations=12", "data.crop=[32, 48]", "method.host=source_only"])
+    assert cfg.schedule.iterations == 12 and cfg.data.crop == (32, 48)
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+    assert cfg.hash() == load_config(tmp_path / "c.yaml", ["output=elsewhere"]).hash()
+    assert cfg.hash() != load_config(tmp_path / "c.yaml", ["seed=1"]).hash()
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("schedule.iteratons=3", "schedule.iteratons: unknown key (did you mean 'iterations'?)"),
+    ("modle.arch=x", "modle: unknown key (did you mean 'model'?)"),
+    ("schedule.iterations=abc", "schedule.iterations: Input should be a valid integer"),
+    ("optim.lr=-1", "optim.lr: Input should be greater than 0"),
+    ("method.host=dac", "method.host: unknown host method 'dac' (did you mean 'dacs'?); valid:"),
+    ("device=tpu", "device: Value error, expected 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    ("seed", "expected key=value"),
+])
+def test_mistakes_name_the_field_and_the_fix(override, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert expected in str(e.value)
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ConfigError, match=r"model.arch: unknown model 'deeplab'.*valid: .*deeplabv2"):
+        load_config(None, ["model.arch=deeplab"])
+
+
+def test_aux_task_needs_a_pseudo_label_host():
+    from methods import AUX_TASKS
+
+    name = next(n for n in AUX_TASKS.names() if AUX_TASKS.get(n).needs_pseudo_labels)
+    with pytest.raises(ConfigError, match="does not provide"):
+        load_config(None, ["method.host=source_only", f"method.aux.{name}.weight=1"])
+
+
+def test_bad_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="circular"):
+        load_config(tmp_path / "loop.yaml")
