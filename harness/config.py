@@ -255,9 +255,8 @@ def validate(data: dict[str, Any], source: str = "<config>") -> RunConfig:
 
 def _check_names(cfg: RunConfig, source: str) -> None:
     """Names that live in registries (model, method, aux tasks) are checked here, with valid lists."""
-    from harness.registry import UnknownNameError
-
     from harness.models import MODELS
+    from harness.registry import UnknownNameError
 
     try:
         MODELS.get(cfg.model.arch)
