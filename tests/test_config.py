@@ -46,7 +46,7 @@ def test_mistakes_name_the_field_and_the_fix(override, expected):
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ConfigError, match=r"model.arch: unknown model 'deeplab'.*valid: .*deeplabv2"):
+    with pytest.raises(ConfigError, match=r"model.arch: unknown model architecture 'deeplab'.*valid: .*deeplabv2"):
         load_config(None, ["model.arch=deeplab"])
 
 
