@@ -1,0 +1,197 @@
+"""`mfm`: Masked Feature Modeling (arXiv 2509.13801; v2 calls it MRM) as an auxiliary task.
+
+Training only: target image -> student encoder -> stage features -> `Rebuilder` (embed the deepest
+stage, mask tokens with a learnable mask token, transformer blocks with a fixed 2-D sin-cos position
+embedding, per-stage up-projectors back to every stage's resolution and width, merge) -> the student's
+own `decode` -> cross-entropy against the host's EMA-teacher pseudo-labels, weighted by the host's
+pseudo-label weight. The Rebuilder lives in this task object only, so the evaluated network is exactly
+the host's (no extra parameters, no extra FLOPs).
+
+Options (`method.aux.mfm.options`): `mask_ratio` (0.4), `mask_unit` (input pixels per token side, 32),
+`preset` (`tiny` | `small` | `base`; `base` is the paper's 2 blocks x 512 wide, 16 heads) or explicit
+`depth` / `width` / `heads`, `mlp_ratio`, and `color_aug` (feed the host's strong augmentation of
+the target image instead of the clean one).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from timm.layers import LayerNorm2d, build_sincos2d_pos_embed
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from methods import register_aux
+from methods._common import random_keep, require_pseudo_labels, target_view, weighted_ce
+from methods.base import AuxTask, StepContext
+
+# name -> (depth, width, heads)
+PRESETS: dict[str, tuple[int, int, int]] = {
+    "tiny": (1, 128, 4),
+    "small": (2, 256, 8),
+    "base": (2, 512, 16),   # the released Rebuilder
+}
+
+
+def _xavier_linear(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+class Projector(nn.Module):
+    """Token grid -> one encoder stage: a stack of stride-2 (transposed) convolutions with LayerNorm2d +
+    GELU between them, halving the width per step down to a quarter, then a 1x1 convolution to the
+    stage's width and a LayerNorm2d. `scale` = stage resolution / token grid (a power of two; below 1
+    the stack down-samples with stride-2 convolutions)."""
+
+    def __init__(self, in_channels: int, out_channels: int, scale: float) -> None:
+        super().__init__()
+        steps = round(math.log2(scale))
+        layers: list[nn.Module] = []
+        c = in_channels
+        for j in range(abs(steps)):
+            if steps > 0:
+                c_next = max(in_channels // min(2 ** (j + 1), 4), 1)
+                layers.append(nn.ConvTranspose2d(c, c_next, kernel_size=4, stride=2, padding=1))
+            else:
+                c_next = c
+                layers.append(nn.Conv2d(c, c_next, kernel_size=2, stride=2))
+            if j < abs(steps) - 1:
+                layers += [LayerNorm2d(c_next), nn.GELU()]
+            c = c_next
+        layers.append(nn.Conv2d(c, out_channels, kernel_size=1))
+        self.fpn = nn.Sequential(*layers)
+        self.norm = LayerNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.fpn(x))
+
+
+class Rebuilder(nn.Module):
+    """Masks and rebuilds a segmentor's stage features (the MFM Rebuilder).
+
+    `forward(feats, keep=None) -> (rebuilt, keep)`: `feats` are the encoder's stages (shallow to deep);
+    `keep` is the `B x 1 x gh x gw` token keep mask (drawn with `mask_ratio` when None). Visible
+    positions of every stage keep the encoder's features exactly; masked ones take the prediction.
+    """
+
+    def __init__(self, channels: list[int], strides: list[int], mask_unit: int = 32,
+                 depth: int = 2, width: int = 512, heads: int = 16, mlp_ratio: float = 4.0,
+                 mask_ratio: float = 0.4) -> None:
+        super().__init__()
+        if len(channels) != len(strides) or not channels:
+            raise ValueError(f"Rebuilder: channels {channels} and strides {strides} must be non-empty "
+                             "lists of the same length")
+        for s in strides:
+            scale = mask_unit / s
+            if 2 ** round(math.log2(scale)) != scale:
+                raise ValueError(
+                    f"mfm: mask_unit {mask_unit} must be a power-of-two multiple or divisor of every "
+                    f"encoder stage stride (strides {list(strides)})")
+        self.mask_unit = mask_unit
+        self.strides = list(strides)
+        self.mask_ratio = mask_ratio
+        self.width = width
+        self.embed = nn.Linear(channels[-1], width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.blocks = nn.Sequential(*[Block(width, heads, mlp_ratio, qkv_bias=True) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width)
+        self.apply(_xavier_linear)
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.projectors = nn.ModuleList(
+            Projector(width, c, (mask_unit / s)) for c, s in zip(channels, strides))
+        self._pos_cache: dict[tuple, torch.Tensor] = {}
+
+    def token_grid(self, deepest: torch.Tensor) -> tuple[int, int]:
+        """Token grid for the deepest stage's feature map: one token per `mask_unit` input pixels."""
+        f = self.strides[-1] / self.mask_unit
+        h, w = deepest.shape[-2:]
+        return max(1, round(h * f)), max(1, round(w * f))
+
+    def pos_embed(self, gh: int, gw: int, like: torch.Tensor) -> torch.Tensor:
+        key = (gh, gw, like.device, like.dtype)
+        if key not in self._pos_cache:  # fixed (not learned), so not a parameter or buffer
+            self._pos_cache[key] = build_sincos2d_pos_embed(
+                [gh, gw], dim=self.width, device=like.device, dtype=like.dtype).unsqueeze(0)
+        return self._pos_cache[key]
+
+    def draw_keep(self, deepest: torch.Tensor) -> torch.Tensor:
+        gh, gw = self.token_grid(deepest)
+        return random_keep(deepest.shape[0], gh, gw, self.mask_ratio, deepest.device, deepest.dtype)
+
+    def forward(self, feats: list[torch.Tensor], keep: torch.Tensor | None = None
+                ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        if len(feats) != len(self.projectors):
+            raise ValueError(f"Rebuilder built for {len(self.projectors)} stages, got {len(feats)}")
+        deepest = feats[-1]
+        gh, gw = self.token_grid(deepest)
+        if keep is None:
+            keep = self.draw_keep(deepest)
+        b = deepest.shape[0]
+        x = self.embed(deepest.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        if x.shape[-2:] != (gh, gw):
+            x = F.interpolate(x, size=(gh, gw), mode="bilinear", align_corners=False)
+        tokens = x.flatten(2).transpose(1, 2)                      # B x N x D
+        k = keep.flatten(2).transpose(1, 2)                         # B x N x 1
+        tokens = tokens * k + self.mask_token * (1 - k)
+        tokens = tokens + self.pos_embed(gh, gw, tokens)
+        tokens = self.norm(self.blocks(tokens))
+        y = tokens.transpose(1, 2).reshape(b, self.width, gh, gw)
+        rebuilt = []
+        for feat, proj in zip(feats, self.projectors):
+            pred = proj(y)
+            if pred.shape[-2:] != feat.shape[-2:]:
+                pred = F.interpolate(pred, size=feat.shape[-2:], mode="bilinear", align_corners=False)
+            k_i = F.interpolate(keep, size=feat.shape[-2:], mode="nearest")
+            rebuilt.append(feat * k_i + pred * (1 - k_i))
+        return rebuilt, keep
+
+
+@register_aux("mfm")
+class MFM(AuxTask):
+    """Masked Feature Modeling: CE of the student's decode of rebuilt target features vs pseudo-labels."""
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        mask_ratio: float = Field(0.4, ge=0, lt=1)
+        mask_unit: int = Field(32, ge=1)
+        preset: Literal["tiny", "small", "base"] = "base"
+        depth: int | None = Field(None, ge=1)
+        width: int | None = Field(None, ge=4)
+        heads: int | None = Field(None, ge=1)
+        mlp_ratio: float = Field(4.0, gt=0)
+        color_aug: bool = False
+
+        @model_validator(mode="after")
+        def _shape(self) -> MFM.Options:
+            _, width, heads = self.resolved()
+            if width % 4:
+                raise ValueError(f"width {width} must be a multiple of 4 (2-D sin-cos position embedding)")
+            if width % heads:
+                raise ValueError(f"width {width} must be divisible by heads {heads}")
+            return self
+
+        def resolved(self) -> tuple[int, int, int]:
+            """(depth, width, heads): the preset, with any explicit value taking precedence."""
+            d, w, h = PRESETS[self.preset]
+            return self.depth or d, self.width or w, self.heads or h
+
+    def __init__(self, options: dict[str, Any], model: nn.Module, num_classes: int) -> None:
+        super().__init__(options, model, num_classes)
+        depth, width, heads = self.opts.resolved()
+        self.rebuilder = Rebuilder(list(model.feature_channels), list(model.feature_strides),
+                                   mask_unit=self.opts.mask_unit, depth=depth, width=width, heads=heads,
+                                   mlp_ratio=self.opts.mlp_ratio, mask_ratio=self.opts.mask_ratio)
+
+    def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        label, weight = require_pseudo_labels(ctx, "mfm")
+        feats = ctx.student.encode(target_view(ctx, self.opts.color_aug))
+        rebuilt, _ = self.rebuilder(list(feats))
+        return {"ce": weighted_ce(ctx.student.decode(rebuilt), label, weight)}
