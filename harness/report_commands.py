@@ -1,0 +1,52 @@
+"""`udabench report [STUDY ...]`: tables, figures and one page per study from the MLflow runs.
+
+Heavy imports (mlflow, pandas, seaborn) happen inside the command, so `udabench --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report", help="build tables, figures and pages for studies from their MLflow runs",
+        description="Read the finished runs of each STUDY (an MLflow experiment; default: every study "
+                    "in the store) and write reports/<study>/README.md with Markdown, LaTeX and CSV "
+                    "tables and seaborn figures, plus reports/metrics.json for DVC.")
+    p.add_argument("studies", nargs="*", metavar="STUDY", help="study names (default: all)")
+    p.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the project's store)")
+    p.add_argument("--scale", default=None,
+                   help="only runs tagged with this scale (smoke | demo | cpu | paper)")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="put runs with different data hashes, code commits or scales into one table")
+    p.add_argument("--no-figures", action="store_true", help="tables and pages only")
+    p.add_argument("--no-curves", action="store_true",
+                   help="skip the training-curve figures (they read the metric history)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.cli import UsageError
+    from harness.report import ReportError, ReportOptions, build_reports
+
+    opts = ReportOptions(out=args.out, tracking_uri=args.tracking_uri, allow_mixed=args.allow_mixed,
+                         scale=args.scale, figures=not args.no_figures, curves=not args.no_curves)
+    command = "udabench report " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if (
+        len(sys.argv) > 1 and sys.argv[1] == "report") else "udabench report " + " ".join(args.studies)
+    start = time.perf_counter()
+    try:
+        pages = build_reports(args.studies or None, opts, command=command.strip())
+    except ReportError as e:
+        raise UsageError(str(e)) from None
+    for path in pages:
+        print(path)
+    print(f"{len(pages)} report(s), metrics in {Path(opts.out) / 'metrics.json'} "
+          f"({time.perf_counter() - start:.1f} s)")
+    return 0
