@@ -160,7 +160,7 @@ def evaluate(model: nn.Module, loader: Iterable[dict[str, Any]], device: torch.d
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: a model may cache tensors it later trains with
             for batch in loader:
                 images, labels = batch["image"], batch["label"]
                 if images.dim() == 3:

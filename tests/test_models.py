@@ -139,6 +139,14 @@ def test_bad_options_and_names():
         create_segmentor("deeplabv2", backbone="vit_tiny_patch16_224")
 
 
+def test_check_options_without_building():
+    from harness.models import check_options
+
+    check_options("daformer", {"embed_dim": 64, "fusion_dilations": [1, 6]})
+    with pytest.raises(ConfigError, match="deeplabv2.*aspp_dilation: unknown key.*did you mean 'aspp_dilations'"):
+        check_options("deeplabv2", {"aspp_dilation": [6, 12]})
+
+
 def test_config_validates_model_arch_against_the_registry():
     assert load_config(None, ["model.arch=segformer"]).model.arch == "segformer"
     with pytest.raises(ConfigError, match="model.arch.*did you mean 'daformer'"):

@@ -3,14 +3,17 @@
     model = create_segmentor("daformer", backbone="pvt_v2_b0", num_classes=19, embed_dim=64)
     feats = model.encode(x); logits = model.decode(feats); full = model(x)
 
-Each entry is a tiny factory that imports its module lazily, so `from harness.models import MODELS`
-(config validation, `udabench --help`) never imports torch or timm. Architecture options are keyword
-arguments validated by the architecture's `Options` (an unknown one names the valid keys). A new
-architecture is one module with a `Segmentor` subclass plus one entry below.
+Each entry is a tiny factory naming `module:Class`, imported only when used, so `from harness.models
+import MODELS` (config validation, `udabench --help`) never imports torch or timm. Architecture options
+are keyword arguments validated by the architecture's `Options` (an unknown one names the valid keys;
+`check_options` validates without building). A new architecture is one module with a `Segmentor`
+subclass plus one entry below.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,28 +33,39 @@ PAPER_BACKBONES: dict[str, str] = {
 }
 
 
-@register_model("deeplabv2")
-def deeplabv2(**kwargs: Any) -> Segmentor:
-    """DeepLab-v2: dilated ResNet (output stride 8) + ASPP classifier (6, 12, 18, 24), summed."""
-    from harness.models.deeplabv2 import DeepLabV2
+def _lazy(target: str, doc: str) -> Callable[..., Segmentor]:
+    """A registry entry that imports `module:Class` only when called (or when its class is asked for)."""
 
-    return DeepLabV2(**kwargs)
+    def factory(**kwargs: Any) -> Segmentor:
+        return segmentor_class(factory)(**kwargs)
 
-
-@register_model("daformer")
-def daformer(**kwargs: Any) -> Segmentor:
-    """DAFormer: hierarchical encoder (PVTv2) + context-aware fusion head (separable ASPP 1, 6, 12, 18)."""
-    from harness.models.daformer import DAFormer
-
-    return DAFormer(**kwargs)
+    factory.__doc__ = doc
+    factory.target = target  # type: ignore[attr-defined]
+    return factory
 
 
-@register_model("segformer")
-def segformer(**kwargs: Any) -> Segmentor:
-    """SegFormer: hierarchical encoder (PVTv2) + all-MLP head."""
-    from harness.models.segformer import SegFormer
+def segmentor_class(entry: str | Callable[..., Segmentor]) -> type[Segmentor]:
+    """The Segmentor subclass of an architecture name (or registry entry); imports its module."""
+    entry = MODELS.get(entry) if isinstance(entry, str) else entry
+    module, name = entry.target.split(":")  # type: ignore[attr-defined]
+    return getattr(importlib.import_module(module), name)
 
-    return SegFormer(**kwargs)
+
+register_model("deeplabv2")(_lazy(
+    "harness.models.deeplabv2:DeepLabV2",
+    "DeepLab-v2: dilated ResNet (output stride 8) + ASPP classifier (6, 12, 18, 24), summed."))
+register_model("daformer")(_lazy(
+    "harness.models.daformer:DAFormer",
+    "DAFormer: hierarchical encoder (PVTv2) + context-aware fusion head (separable ASPP 1, 6, 12, 18)."))
+register_model("segformer")(_lazy(
+    "harness.models.segformer:SegFormer",
+    "SegFormer: hierarchical encoder (PVTv2) + all-MLP head."))
+
+
+def check_options(arch: str, options: dict[str, Any]) -> None:
+    """Validate `model.options` for `arch` without building anything (raises ConfigError naming the
+    field and the valid keys). Imports torch (the architecture's module), not timm."""
+    segmentor_class(arch).parse_options(options)
 
 
 def create_segmentor(arch: str, backbone: str | None = None, num_classes: int = 19,

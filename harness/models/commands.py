@@ -243,7 +243,8 @@ def run_eval(args: argparse.Namespace) -> int:
     result = evaluate(model.to(device), loader, device, mode=mode, crop=crop, stride=stride,
                       mean=MEAN, std=STD, max_images=args.max_images)
     m = cfg.model
-    print(f"{args.checkpoint}: {m.arch}/{m.backbone} on {ds_cfg.name} {ds_cfg.domain or ''} {ds_cfg.split} "
+    where = " ".join(str(v) for v in (ds_cfg.name, ds_cfg.domain, ds_cfg.split) if v)
+    print(f"{args.checkpoint}: {m.arch}/{m.backbone} on {where} at {ds_cfg.root} "
           f"({result['num_images']} images, {mode})")
     print(format_table(result))
     if args.json_out:
