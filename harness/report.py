@@ -100,19 +100,9 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     """`--tracking-uri`, else `MLFLOW_TRACKING_URI`, else the project's default store."""
     if uri:
         return uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    try:
-        from harness import tracking
-    except ImportError:
-        tracking = None
-    for name in ("tracking_uri", "default_tracking_uri", "DEFAULT_TRACKING_URI"):
-        value = getattr(tracking, name, None)
-        if callable(value):
-            return str(value())
-        if isinstance(value, str):
-            return value
-    return f"sqlite:///{Path('mlflow.db').resolve()}"
+    from harness.tracking import tracking_uri
+
+    return tracking_uri()  # $MLFLOW_TRACKING_URI, else <project>/mlruns/mlflow.db
 
 
 def _check_store(uri: str) -> None:
@@ -205,6 +195,14 @@ def _axis_applies(df: pd.DataFrame, axis: str) -> pd.Series:
     return df[cols].notna().any(axis=1)
 
 
+_RESULT_NEUTRAL = {"name", "output", "log_interval", "device", "threads", "checkpoint_interval"}
+
+
+def _ignored_param(key: str) -> bool:
+    """Config keys that may differ between the seeds of one setting: the seed, names and paths."""
+    return key in _RESULT_NEUTRAL or "seed" in key.split(".")[-1] or key.endswith(".root")
+
+
 def _varies_within(df: pd.DataFrame, col: str, by: list[str]) -> bool:
     return bool((df.groupby(by, dropna=False)[col].nunique(dropna=False) > 1).any())
 
@@ -231,15 +229,6 @@ def tidy(df: pd.DataFrame, study: str, opts: ReportOptions) -> StudyData:
         values = df[f"tags.{tag}"].fillna(MISSING) if f"tags.{tag}" in df else pd.Series(MISSING, df.index)
         if values.nunique() > 1:
             mixed[tag] = {str(v): sorted(trial[values == v]) for v in sorted(values.unique())}
-    if mixed and not opts.allow_mixed:
-        lines = [f"study '{study}': refusing to put runs of different data, code or scale into one "
-                 f"table (pass --allow-mixed to report them together"
-                 f"{', or --scale to pick one scale' if 'scale' in mixed else ''}):"]
-        for tag, groups in mixed.items():
-            for value, trials in groups.items():
-                shown = ", ".join(trials[:6]) + (f", ... ({len(trials)} runs)" if len(trials) > 6 else "")
-                lines.append(f"  {tag} = {value}: {shown}")
-        raise ReportError("\n".join(lines))
 
     out = pd.DataFrame(index=df.index)
     out["run_id"] = df["run_id"]
@@ -269,6 +258,28 @@ def tidy(df: pd.DataFrame, study: str, opts: ReportOptions) -> StudyData:
             axes.append(col)
         else:
             out = out.drop(columns=col)
+
+    # runs of one setting (same identity and axes) must share their config except for the seed:
+    # otherwise the study changed between runs (e.g. more iterations) and old runs are still there
+    params = [c for c in df.columns if c.startswith("params.") and not _ignored_param(c[len("params."):])]
+    if params:
+        varying = df[params].fillna(MISSING).groupby([out[c] for c in [*IDENTITY, *axes]], dropna=False)
+        counts = varying.nunique()
+        for col in [c for c in params if (counts[c] > 1).any()][:3]:
+            values = df[col].fillna(MISSING).astype(str)
+            mixed[col] = {v: sorted(trial[values == v]) for v in sorted(values.unique())}
+    if mixed and not opts.allow_mixed:
+        lines = [f"study '{study}': refusing to put runs of different data, code, scale or config into "
+                 f"one table (pass --allow-mixed to report them together"
+                 f"{', or --scale to pick one scale' if 'scale' in mixed else ''}):"]
+        for tag, groups in mixed.items():
+            if tag.startswith("params."):
+                lines.append(f"  runs of one setting differ in {tag[len('params.'):]}, which is not an axis "
+                             f"of the study (runs of an older version of the study?):")
+            for value, trials in groups.items():
+                shown = ", ".join(trials[:6]) + (f", ... ({len(trials)} runs)" if len(trials) > 6 else "")
+                lines.append(f"  {tag.removeprefix('params.')} = {value}: {shown}")
+        raise ReportError("\n".join(lines))
 
     protocols = set(_param(df, "eval.protocol", default="19"))
     if "synthia" in set(_param(df, "data.source.name")) and protocols <= {"19"}:

@@ -190,6 +190,20 @@ def test_scales_not_mixed(tmp_path, capsys):
     assert pd.read_csv(out / "sc_0" / "tables" / "main.csv")["runs"].sum() == 4
 
 
+def test_changed_study_config_refused(tmp_path, capsys):
+    """Runs of one setting with a different config (the study file changed; old runs remain) are not
+    averaged together silently."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    bench = _bench()
+    bench.fill_store(uri, n_runs=4, studies=1, evals=2, prefix="chg", iterations=1000)
+    bench.fill_store(uri, n_runs=2, studies=1, evals=2, prefix="chg", iterations=500, seed=1)
+    out = tmp_path / "reports"
+    assert main(["report", "chg_0", "--tracking-uri", uri, "--out", str(out), "--no-figures"]) == 2
+    err = capsys.readouterr().err
+    assert "runs of one setting differ in schedule.iterations" in err
+    assert "schedule.iterations = 500: chg_0_00000, chg_0_00001" in err
+
+
 def test_synthia_protocol_columns(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     _bench().fill_store(uri, n_runs=4, studies=1, evals=2, prefix="syn", protocol="16")
