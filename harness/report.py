@@ -87,6 +87,7 @@ class StudyData:
     excluded: dict[str, int] = field(default_factory=dict)  # run status -> count (not FINISHED)
     mixed: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # tag -> value -> trial ids
     provenance: dict[str, str] = field(default_factory=dict)
+    description: str = ""
 
     @property
     def group_cols(self) -> list[str]:
@@ -207,17 +208,50 @@ def _varies_within(df: pd.DataFrame, col: str, by: list[str]) -> bool:
     return bool((df.groupby(by, dropna=False)[col].nunique(dropna=False) > 1).any())
 
 
-def tidy(df: pd.DataFrame, study: str, opts: ReportOptions) -> StudyData:
+@dataclass
+class Selection:
+    """Which study to report: a name (every run of the experiment) or a study file (only the runs of
+    the file's current trials, by config hash, so runs of an older version of the study are left out)."""
+
+    name: str
+    path: Path | None = None
+    hashes: set[tuple[str, str]] | None = None   # (scale, config_hash) of the file's trials
+    description: str = ""
+
+
+def is_study_file(arg: str) -> bool:
+    return Path(arg).suffix in (".yaml", ".yml") or Path(arg).is_file()
+
+
+def select(path: str | Path, scales: Sequence[str]) -> Selection:
+    """The runs a study file stands for: its trials' config hashes at each of `scales`."""
+    from harness.study import load_study
+
+    studies = {scale: load_study(path, scale=scale) for scale in scales}
+    first = next(iter(studies.values()))
+    sel = Selection(first.name, Path(path), None, (first.spec.description or "").strip())
+    if not first.is_search:
+        sel.hashes = {(scale, t.hash) for scale, st in studies.items() for t in st.trials()}
+    return sel
+
+
+def tidy(df: pd.DataFrame, study: str, opts: ReportOptions, selection: Selection | None = None
+         ) -> StudyData:
     """One study's raw `search_runs` frame -> StudyData (finished runs only; checks mixing)."""
     if df.empty:
         raise ReportError(f"study '{study}': no runs in the tracking store")
-    excluded = df.loc[df["status"] != "FINISHED", "status"].value_counts().to_dict()
-    df = df[df["status"] == "FINISHED"].copy()
     if opts.scale is not None:
-        if "tags.scale" not in df:
-            df = df.iloc[0:0]
-        else:
-            df = df[df["tags.scale"] == opts.scale]
+        df = df[df["tags.scale"] == opts.scale] if "tags.scale" in df else df.iloc[0:0]
+    excluded = {f"{k.lower()}": int(v) for k, v in
+                df.loc[df["status"] != "FINISHED", "status"].value_counts().items()}
+    if selection is not None and selection.hashes is not None and "tags.config_hash" in df:
+        current = pd.Series([(s, h) in selection.hashes for s, h in
+                             zip(df.get("tags.scale", pd.Series("", df.index)), df["tags.config_hash"])],
+                            index=df.index)
+        if (~current).any():
+            excluded[f"not trials of {selection.path} now"] = int((~current & (df["status"] == "FINISHED")).sum())
+        df = df[current]
+    df = df[df["status"] == "FINISHED"].copy()
     if df.empty:
         what = f" at scale '{opts.scale}'" if opts.scale else ""
         raise ReportError(f"study '{study}': no finished runs{what} "
@@ -307,9 +341,16 @@ def tidy(df: pd.DataFrame, study: str, opts: ReportOptions) -> StudyData:
         if col in df:
             provenance[tag] = ", ".join(sorted(df[col].dropna().astype(str).unique())) or MISSING
     out = _sort(out, [c for c in axes])
+    if "start_time" in df and "end_time" in df:
+        spent = (df["end_time"] - df["start_time"]).dropna()
+        if len(spent):
+            span = df["end_time"].max() - df["start_time"].min()
+            provenance["run time"] = (f"{spent.sum().total_seconds() / 60:.1f} min of trials in total "
+                                      f"(median {spent.median().total_seconds():.0f} s per trial); "
+                                      f"{span.total_seconds() / 60:.1f} min from the first start to the last end")
     return StudyData(name=study, runs=out.reset_index(drop=True), axes=axes, protocol=protocol,
                      metric=metric, classes=classes, excluded=excluded, mixed=mixed,
-                     provenance=provenance)
+                     provenance=provenance, description=selection.description if selection else "")
 
 
 def _sort_key(values: pd.Series) -> pd.Series:
@@ -789,14 +830,14 @@ def page(data: StudyData, tables: list[Table], figures: list[tuple[str, str]], o
          command: str) -> str:
     runs = data.runs
     lines = [f"# Study `{data.name}`", ""]
-    desc = _study_description(data.name)
+    desc = data.description or _study_description(data.name)
     if desc:
         lines += [desc, ""]
     seeds = ", ".join(dict.fromkeys(runs["seed"]))
-    excluded = ", ".join(f"{v} {k.lower()}" for k, v in data.excluded.items())
+    excluded = ", ".join(f"{v} {k}" for k, v in data.excluded.items())
     lines += [
         f"Generated by `{command}` from {len(runs)} finished runs"
-        + (f" ({excluded} runs not included)" if excluded else "")
+        + (f" (runs not included: {excluded})" if excluded else "")
         + f"; seeds {seeds}. Headline metric: target {METRIC_LABEL[data.metric]} (%), final evaluation.",
         ""]
     if data.mixed:
@@ -929,11 +970,30 @@ def build_reports(studies: Sequence[str] | None, opts: ReportOptions, command: s
     Every study is checked before anything is written."""
     uri = resolve_tracking_uri(opts.tracking_uri)
     opts.tracking_uri = uri
-    df = load_runs(studies, uri)
-    names = list(studies) if studies else sorted(df["study"].unique()) if not df.empty else []
+    selections: dict[str, Selection] = {}
+    if studies:
+        for arg in studies:
+            if is_study_file(arg):
+                from harness.study import load_study
+
+                name = load_study(arg, scale=opts.scale or "cpu").name
+                selections[name] = Selection(name, Path(arg))
+            else:
+                selections[arg] = Selection(arg)
+        names = list(selections)
+        df = load_runs(names, uri)
+        for name, sel in selections.items():
+            if sel.path is not None:
+                runs = df[df["study"] == name] if not df.empty else df
+                scales = [opts.scale] if opts.scale else (
+                    sorted(runs["tags.scale"].dropna().unique()) if "tags.scale" in runs else [])
+                selections[name] = select(sel.path, scales or ["cpu"])
+    else:
+        df = load_runs(None, uri)
+        names = sorted(df["study"].unique()) if not df.empty else []
     if not names:
         raise ReportError(f"no study runs in {uri} (run `udabench study run ...` first)")
-    prepared = [tidy(df[df["study"] == s] if not df.empty else df, s, opts) for s in names]
+    prepared = [tidy(df[df["study"] == s] if not df.empty else df, s, opts, selections.get(s)) for s in names]
     pages, entries = [], {}
     for data in prepared:
         folder, entry = write_study(data, opts, command)

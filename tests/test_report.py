@@ -103,7 +103,7 @@ def test_paired_gain_and_interval(store):
 def test_page_metrics_and_failed_runs(store):
     uri, out = store
     page = (out / "abl_0" / "README.md").read_text()
-    assert "from 28 finished runs (1 failed runs not included)" in page
+    assert "from 28 finished runs (runs not included: 1 failed)" in page
     for name in ("main", "gains", "ablation", "cost"):
         assert f"(tables/{name}.tex)" in page
         for ext in ("md", "tex", "csv"):
