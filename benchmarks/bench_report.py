@@ -117,17 +117,16 @@ def fill_store(uri: str, n_runs: int = 1000, studies: int = 4, evals: int = 5, i
             cfg.eval.protocol = protocol
             if protocol != "19":
                 cfg.data.source.name = "synthia"
-            aux = {}
             if trial["aux"] != "none":
                 options = {"mask_ratio": trial["mask_ratio"]} if trial["aux"] == "mfm" else {}
-                aux = {trial["aux"]: {"weight": 1.0, "lr_mult": 10.0, "start_iter": 0, "options": options}}
-            params = flatten({**cfg.to_dict(), "method": {**cfg.to_dict()["method"], "aux": aux}})
+                cfg.method.aux = {trial["aux"]: {"options": options}}
+            params = flatten(cfg.to_dict())
             trial_id = f"{name}_{i:05d}"
             dh = data_hash.get(i, "synthetic-0123abcd") if isinstance(data_hash, dict) else data_hash
             tags = {"study": name, "trial_id": trial_id, "axis.model": trial["arch"],
                     "axis.aux": trial["aux"], "axis.mask_ratio": str(trial["mask_ratio"] or 0.4),
                     "axis.seed": str(s), "git_commit": git_commit, "git_dirty": "false",
-                    "data_hash": dh, "config_hash": f"{i:016x}", "python": "3.11", "torch": "2.14.1",
+                    "data_hash": dh, "config_hash": cfg.hash(), "python": "3.11", "torch": "2.14.1",
                     "cuda": "none", "device": "cpu", "scale": scale}
             run = client.create_run(exp_id, tags=tags, run_name=trial_id)
             final = synth_metrics(trial, rng, seed_effects[s])

@@ -252,11 +252,21 @@ def tidy(df: pd.DataFrame, study: str, opts: ReportOptions, selection: Selection
             excluded[f"not trials of {selection.path} now"] = int((~current & (df["status"] == "FINISHED")).sum())
         df = df[current]
     df = df[df["status"] == "FINISHED"].copy()
+    if "tags.config_hash" in df:  # a trial run again (--force): its latest finished run stands for it
+        df = df.sort_values("start_time", kind="stable")
+        scale = df["tags.scale"].fillna("") if "tags.scale" in df else ""
+        again = (df["tags.config_hash"].fillna(df["run_id"]) + "|" + scale).duplicated(keep="last")
+        if again.any():
+            excluded["superseded by a later run of the same config"] = int(again.sum())
+        df = df[~again]
     if df.empty:
         what = f" at scale '{opts.scale}'" if opts.scale else ""
         raise ReportError(f"study '{study}': no finished runs{what} "
                           f"(other runs: {excluded or 'none'})")
-    trial = (df["tags.trial_id"].fillna(df["run_id"]) if "tags.trial_id" in df else df["run_id"]).astype(str)
+    trial = df["run_id"].astype(str)
+    for tag in ("tags.trial_id", "tags.trial_name"):  # the most readable name a run has
+        if tag in df:
+            trial = df[tag].fillna(trial).astype(str)
 
     mixed: dict[str, dict[str, list[str]]] = {}
     for tag in PROVENANCE_TAGS:
@@ -311,7 +321,7 @@ def tidy(df: pd.DataFrame, study: str, opts: ReportOptions, selection: Selection
                 lines.append(f"  runs of one setting differ in {tag[len('params.'):]}, which is not an axis "
                              f"of the study (runs of an older version of the study?):")
             for value, trials in groups.items():
-                shown = ", ".join(trials[:6]) + (f", ... ({len(trials)} runs)" if len(trials) > 6 else "")
+                shown = "; ".join(trials[:6]) + (f"; ... ({len(trials)} runs)" if len(trials) > 6 else "")
                 lines.append(f"  {tag.removeprefix('params.')} = {value}: {shown}")
         raise ReportError("\n".join(lines))
 

@@ -167,8 +167,8 @@ def test_mixed_data_hashes_refused(tmp_path, capsys):
     (out / "mix_0" / "README.md").write_text("previous report\n")
     assert main(["report", "mix_0", "--tracking-uri", uri, "--out", str(out), "--no-figures"]) == 2
     err = capsys.readouterr().err
-    assert "data_hash = synthetic-0123abcd: mix_0_00000, mix_0_00001, mix_0_00002, mix_0_00003" in err
-    assert "data_hash = synthetic-ffff0000: mix_0_00004, mix_0_00005" in err
+    assert "data_hash = synthetic-0123abcd: mix_0_00000; mix_0_00001; mix_0_00002; mix_0_00003" in err
+    assert "data_hash = synthetic-ffff0000: mix_0_00004; mix_0_00005" in err
     assert "--allow-mixed" in err
     assert (out / "mix_0" / "README.md").read_text() == "previous report\n"  # nothing overwritten
     assert sorted(p.name for p in out.iterdir()) == ["mix_0"]
@@ -201,7 +201,28 @@ def test_changed_study_config_refused(tmp_path, capsys):
     assert main(["report", "chg_0", "--tracking-uri", uri, "--out", str(out), "--no-figures"]) == 2
     err = capsys.readouterr().err
     assert "runs of one setting differ in schedule.iterations" in err
-    assert "schedule.iterations = 500: chg_0_00000, chg_0_00001" in err
+    assert "schedule.iterations = 500: chg_0_00000; chg_0_00001" in err
+
+
+def test_rerun_of_a_config_supersedes_the_older_run(tmp_path):
+    """A trial run again (same config hash, e.g. `study run --force`) counts once, with its latest run."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    bench = _bench()
+    bench.fill_store(uri, n_runs=4, studies=1, evals=2, prefix="dup", seed=0)
+    bench.fill_store(uri, n_runs=1, studies=1, evals=2, prefix="dup", seed=7)  # trial 0 again
+    out = tmp_path / "reports"
+    assert main(["report", "dup_0", "--tracking-uri", uri, "--out", str(out), "--no-figures"]) == 0
+    table = pd.read_csv(out / "dup_0" / "tables" / "main.csv")
+    assert table["runs"].sum() == 4
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("dup_0")
+    latest = client.search_runs([exp.experiment_id], "tags.trial_id = 'dup_0_00000'",
+                                order_by=["attributes.start_time DESC"])[0]
+    row = table[(table["aux"] == "none") & (table["architecture"] == "deeplabv2/resnet18")].iloc[0]
+    assert row["target_miou:mean"] == pytest.approx(100 * latest.data.metrics["target_miou"], abs=1e-4)
+    assert "1 superseded by a later run of the same config" in (out / "dup_0" / "README.md").read_text()
 
 
 def test_synthia_protocol_columns(tmp_path):
