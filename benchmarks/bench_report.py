@@ -62,7 +62,8 @@ def trial_grid(n_runs: int) -> list[dict]:
 
 
 def synth_metrics(trial: dict, rng: np.random.Generator, seed_effect: float) -> dict[str, float]:
-    """Final metrics of one trial: fractions for IoU/mIoU; some rare classes absent (not logged)."""
+    """Final metrics of one trial (IoU, mIoU, pixel accuracy in percent, as the engine logs them);
+    a rare class is absent (not logged) from some runs."""
     base, step_time, mem = ARCHS[trial["arch"]]
     gain = AUX[trial["aux"]]
     if trial["mask_ratio"] is not None:
@@ -71,11 +72,12 @@ def synth_metrics(trial: dict, rng: np.random.Generator, seed_effect: float) -> 
     ious = np.clip(miou + CLASS_OFFSET + rng.normal(0, 0.02, len(CLASSES)), 0.0, 0.99)
     present = np.ones(len(CLASSES), bool)
     present[16] = rng.random() > 0.3  # "train" absent from some runs' predictions and GT
+    ious = 100 * ious
     out = {f"iou/{c.replace(' ', '_')}": float(v) for c, v, p in zip(CLASSES, ious, present) if p}
     out["target_miou"] = float(np.mean(ious[present]))
     out["target_miou16"] = float(np.mean([ious[i] for i in SYNTHIA16 if present[i]]))
     out["target_miou13"] = float(np.mean([ious[i] for i in SYNTHIA13 if present[i]]))
-    out["pixel_acc"] = float(min(0.99, miou + 0.4))
+    out["pixel_acc"] = float(100 * min(0.99, miou + 0.4))
     factor = {"none": 1.0, "contrastive": 1.15, "mim": 1.25, "mfm": 1.35}[trial["aux"]]
     out["step_time"] = float(step_time * factor * rng.uniform(0.97, 1.03))
     out["throughput"] = 4.0 / out["step_time"]

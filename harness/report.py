@@ -17,7 +17,7 @@ with one `mlflow.search_runs` call, refuses to mix runs of different data (`data
 
 and `<out>/metrics.json` (headline numbers per study) for `dvc metrics`. A study folder is built in a
 temporary folder and renamed into place at the end, so a failed report never leaves half a page.
-Values are shown in percent (MLflow holds fractions in [0, 1]).
+IoU, mIoU and pixel accuracy are in percent, as the training engine logs them.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from harness.labels import CLASSES, SYNTHIA16
 HEADLINE = {"19": "target_miou", "16": "target_miou16", "13": "target_miou13"}
 METRIC_LABEL = {"target_miou": "mIoU", "target_miou16": "mIoU16", "target_miou13": "mIoU13",
                 "pixel_acc": "pixel acc."}
-PERCENT_METRICS = ("target_miou", "target_miou16", "target_miou13", "pixel_acc")
+PERCENT_METRICS = ("target_miou", "target_miou16", "target_miou13", "pixel_acc")  # logged in %
 COST_METRICS = ("step_time", "throughput", "peak_mem_mb")
 IDENTITY = ("architecture", "host", "aux")
 NO_AUX = "none"
@@ -335,8 +335,6 @@ def tidy(df: pd.DataFrame, study: str, opts: ReportOptions, selection: Selection
     for m in metrics:
         col = f"metrics.{m}"
         values = pd.to_numeric(df[col], errors="coerce") if col in df else pd.Series(np.nan, df.index)
-        if m in PERCENT_METRICS or m.startswith("iou/"):
-            values = values * 100.0
         out[m] = values.astype(float)
     for c in df.columns:
         if c.startswith("metrics.loss/"):
@@ -806,7 +804,6 @@ def fig_curves(data: StudyData, history: pd.DataFrame, folder: Path, max_groups:
     out = []
     miou = hist[hist["key"] == data.metric].copy()
     if not miou.empty:
-        miou["value"] *= 100.0
         fig, ax = plt.subplots(figsize=(6, 3.6))
         sns.lineplot(data=miou, x="step", y="value", hue="method", hue_order=keep, errorbar="sd", ax=ax)
         ax.set_xlabel("iteration")

@@ -69,12 +69,12 @@ def test_main_table_equals_mlflow(store):
         mine = [r for r in runs if r["key"] == key]
         assert mine, key
         assert row["runs"] == len(mine)
-        values = [100 * r["metrics"]["target_miou"] for r in mine]
+        values = [r["metrics"]["target_miou"] for r in mine]
         assert row["target_miou:mean"] == pytest.approx(statistics.mean(values), abs=1e-4)
         assert row["target_miou:std"] == pytest.approx(statistics.stdev(values), abs=1e-4)
-        road = [100 * r["metrics"]["iou/road"] for r in mine]
+        road = [r["metrics"]["iou/road"] for r in mine]
         assert row["iou/road:mean"] == pytest.approx(statistics.mean(road), abs=1e-4)
-        trains = [100 * r["metrics"]["iou/train"] for r in mine if "iou/train" in r["metrics"]]
+        trains = [r["metrics"]["iou/train"] for r in mine if "iou/train" in r["metrics"]]
         assert row["iou/train:n"] == len(trains)  # absent class: fewer values, and the table says so
 
 
@@ -87,8 +87,8 @@ def test_paired_gain_and_interval(store):
     gains = pd.read_csv(out / "abl_0" / "tables" / "gains.csv", dtype={"axis:mask_ratio": str})
     row = gains[(gains["architecture"] == "deeplabv2/resnet18") & (gains["aux"] == "mim")].iloc[0]
     arch = "deeplabv2/resnet18"
-    aux = {r["seed"]: 100 * r["metrics"]["target_miou"] for r in runs if r["key"] == (arch, "dacs", "mim", "–")}
-    host = {r["seed"]: 100 * r["metrics"]["target_miou"] for r in runs if r["key"] == (arch, "dacs", "none", "–")}
+    aux = {r["seed"]: r["metrics"]["target_miou"] for r in runs if r["key"] == (arch, "dacs", "mim", "–")}
+    host = {r["seed"]: r["metrics"]["target_miou"] for r in runs if r["key"] == (arch, "dacs", "none", "–")}
     seeds = sorted(set(aux) & set(host))
     res = stats.ttest_rel([aux[s] for s in seeds], [host[s] for s in seeds])
     ci = res.confidence_interval(0.95)
@@ -221,7 +221,7 @@ def test_rerun_of_a_config_supersedes_the_older_run(tmp_path):
     latest = client.search_runs([exp.experiment_id], "tags.trial_id = 'dup_0_00000'",
                                 order_by=["attributes.start_time DESC"])[0]
     row = table[(table["aux"] == "none") & (table["architecture"] == "deeplabv2/resnet18")].iloc[0]
-    assert row["target_miou:mean"] == pytest.approx(100 * latest.data.metrics["target_miou"], abs=1e-4)
+    assert row["target_miou:mean"] == pytest.approx(latest.data.metrics["target_miou"], abs=1e-4)
     assert "1 superseded by a later run of the same config" in (out / "dup_0" / "README.md").read_text()
 
 
