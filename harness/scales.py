@@ -7,7 +7,7 @@
 
 A preset is a config overlay (merged under `--set` overrides) plus the backbone and head options each
 architecture uses at that scale, so a study that varies `model.arch` gets a sensible model at every
-scale.
+scale, and the Ray resources a study trial asks for by default (a study file may set its own).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from harness.registry import closest
 
 SCALES: dict[str, dict[str, Any]] = {
     "smoke": {
+        "resources": {"cpu": 1, "gpu": 0},
         "backbones": {"deeplabv2": "resnet18", "daformer": "pvt_v2_b0", "segformer": "pvt_v2_b0"},
         "arch_options": {"daformer": {"embed_dim": 64}, "segformer": {"embed_dim": 64}},
         "overlay": {
@@ -30,6 +31,7 @@ SCALES: dict[str, dict[str, Any]] = {
         },
     },
     "demo": {
+        "resources": {"cpu": 1, "gpu": 0},
         "backbones": {"deeplabv2": "resnet18", "daformer": "pvt_v2_b0", "segformer": "pvt_v2_b0"},
         "arch_options": {"daformer": {"embed_dim": 64}, "segformer": {"embed_dim": 64}},
         "overlay": {
@@ -41,6 +43,7 @@ SCALES: dict[str, dict[str, Any]] = {
         },
     },
     "cpu": {
+        "resources": {"cpu": 1, "gpu": 0},
         "backbones": {"deeplabv2": "resnet18", "daformer": "pvt_v2_b0", "segformer": "pvt_v2_b0"},
         "arch_options": {"daformer": {"embed_dim": 64}, "segformer": {"embed_dim": 64}},
         "overlay": {
@@ -52,6 +55,7 @@ SCALES: dict[str, dict[str, Any]] = {
         },
     },
     "paper": {
+        "resources": {"cpu": 4, "gpu": 1},
         "backbones": {"deeplabv2": "resnet101", "daformer": "pvt_v2_b5", "segformer": "pvt_v2_b5"},
         "overlay": {
             "data": {

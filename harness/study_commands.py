@@ -1,0 +1,220 @@
+"""`udabench study validate|run|resume|status|ray-env`: declarative studies run as Ray Tune experiments.
+
+    udabench study validate studies/*.yaml              # every problem, with its path in the file
+    udabench study run studies/mask_ratio.yaml --scale smoke
+    udabench study resume studies/mask_ratio.yaml       # after Ctrl-C or a crash
+    udabench study status studies/mask_ratio.yaml --scale smoke
+    env $(udabench study ray-env) ray start --head ...  # a cluster for `study run --address`
+
+Heavy imports (ray, mlflow, torch) happen inside the command functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+SCALE_HELP = "scale preset: smoke (seconds), demo (minutes), cpu (the synthetic benchmark), paper (GPU)"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "study", help="run, resume and inspect studies (Ray Tune + MLflow)",
+        description="Studies are YAML files (studies/*.yaml) naming a base run config and a grid of "
+                    "axes or an Optuna search. Each trial is a Ray Tune trial and an MLflow run.")
+    actions = p.add_subparsers(dest="study_command", metavar="ACTION", parser_class=sub._parser_class)
+    actions.required = True
+
+    v = actions.add_parser("validate", help="check study files (every problem, nothing runs)",
+                           description="Validate study files: every problem is reported with its path "
+                                       "in the file; nothing is started or written. Exit code 2 on "
+                                       "any problem.")
+    v.add_argument("studies", nargs="+", metavar="STUDY")
+    v.add_argument("--scale", action="append", help="scale(s) to validate at (default: every scale)")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    v.set_defaults(func=cmd_validate)
+
+    r = actions.add_parser("run", help="run a study's unfinished trials",
+                           description="Run a study as a Ray Tune experiment; each trial is an MLflow "
+                                       "run in the experiment named after the study. Trials whose "
+                                       "resolved config already finished in the tracking store are "
+                                       "skipped unless --force. MLFLOW_TRACKING_URI selects the store "
+                                       "(default: sqlite under <root>/mlruns).")
+    _common(r)
+    r.add_argument("--scale", default="cpu", help=SCALE_HELP + " (default: cpu)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field in every trial (repeatable)")
+    r.add_argument("--force", action="store_true", help="run trials that already finished again")
+    r.add_argument("--cover", action="store_true",
+                   help="run only a few trials in which every axis value appears at least once")
+    r.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default: study file, then scale)")
+    r.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (default: study file, then scale)")
+    r.set_defaults(func=cmd_run)
+
+    s = actions.add_parser("resume", help="finish an interrupted study run",
+                           description="Restore the latest Ray Tune experiment of a study "
+                                       "(Tuner.restore): finished trials are kept, interrupted and "
+                                       "failed ones continue from their last checkpoint.")
+    _common(s)
+    s.add_argument("--scale", help="which scale's latest run (default: the latest of any scale)")
+    s.add_argument("--experiment", metavar="PATH", help="a results folder under <root>/ray_results")
+    s.set_defaults(func=cmd_resume)
+
+    t = actions.add_parser("status", help="table of a study's trials (axes, state, best mIoU, time)")
+    t.add_argument("study", metavar="STUDY")
+    t.add_argument("--scale", default="cpu", help=SCALE_HELP + " (default: cpu)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--root", default=".", help="project folder (default: the current directory)")
+    t.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    t.set_defaults(func=cmd_status)
+
+    e = actions.add_parser("ray-env", help="print the environment for `ray start` on this machine",
+                           description="KEY=VALUE lines for `env $(udabench study ray-env) ray start ...`: "
+                                       "usage stats off and a HOME whose ray_bootstrap_config.yaml stops "
+                                       "Ray's cloud-metadata probes (see harness/runner.py).")
+    e.add_argument("--root", default=".", help="project folder (default: the current directory)")
+    e.set_defaults(func=cmd_ray_env)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", metavar="STUDY", help="study file (studies/*.yaml)")
+    p.add_argument("--root", default=".", help="project folder: data paths, mlruns/, ray_results/ "
+                                               "(default: the current directory)")
+    p.add_argument("--address", help="join this Ray cluster (host:port) instead of starting Ray")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray (default: all)")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from harness.scales import SCALES
+    from harness.study import StudyError, load_study, study_summary
+
+    scales = args.scale or list(SCALES)
+    problems = []
+    for path in args.studies:
+        for scale in scales:
+            try:
+                study = load_study(path, scale, args.overrides)
+            except StudyError as e:
+                problems.append(f"[scale {scale}] {e}")
+                break
+            print(f"{path}: ok at scale {scale}: {study_summary(study)}")
+    if problems:
+        raise StudyError("\n".join(problems))
+    return 0
+
+
+def _load(args: argparse.Namespace, scale: str):
+    from harness.study import Resources, load_study
+
+    study = load_study(args.study, scale, getattr(args, "overrides", None))
+    cpu, gpu = getattr(args, "cpus_per_trial", None), getattr(args, "gpus_per_trial", None)
+    if cpu is not None or gpu is not None:
+        r = study.resources()
+        study.spec.resources = Resources(cpu=r["cpu"] if cpu is None else cpu, gpu=r["gpu"] if gpu is None else gpu)
+    return study
+
+
+def _report(outcome, root: str) -> int:
+    from harness import tracking
+
+    if outcome.ray_experiment is None:
+        return 0
+    print(f"udabench: study '{outcome.study}': {outcome.finished} finished, {outcome.errored} failed, "
+          f"{outcome.skipped} skipped; MLflow: {tracking.tracking_uri(root)} experiment '{outcome.study}'; "
+          f"Ray Tune results: {outcome.path}")
+    for name, err in outcome.errors.items():
+        print(f"  failed: {name}: {err}", file=sys.stderr)
+    if outcome.interrupted:
+        print("udabench: interrupted; `udabench study resume` continues from the last checkpoints",
+              file=sys.stderr)
+    return outcome.exit_code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.runner import run_study
+
+    study = _load(args, args.scale)
+    return _report(run_study(study, args.root, args.address, force=args.force, cover=args.cover,
+                             num_cpus=args.num_cpus, num_gpus=args.num_gpus), args.root)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from harness.runner import resume_study
+
+    return _report(resume_study(args.study, args.root, args.scale, args.address, args.num_cpus,
+                                args.num_gpus, args.experiment), args.root)
+
+
+def status_rows(study, root: str = ".") -> list[dict[str, Any]]:
+    """One row per trial: axes, state (pending when never run), best target mIoU, time, run id."""
+    import math
+    import time
+
+    from harness import tracking
+
+    uri = tracking.tracking_uri(root)
+    exp = tracking.experiment_id(uri, study.name) if _store_exists(uri) else None
+    runs = tracking.search(uri, exp, f"tags.scale = '{study.scale}'") if exp else []
+    rank = {"FINISHED": 3, "RUNNING": 2, "FAILED": 1, "KILLED": 0}
+
+    def row(point: dict[str, Any], run) -> dict[str, Any]:
+        out: dict[str, Any] = dict(point)
+        if run is None:
+            return {**out, "state": "pending", "best_target_miou": None, "time_s": None, "run_id": ""}
+        info = run.info
+        end = info.end_time or int(time.time() * 1000)
+        best = tracking.best_metric(uri, info.run_id, "target_miou")
+        return {**out, "state": info.status, "best_target_miou": None if math.isnan(best) else round(best, 2),
+                "time_s": round((end - info.start_time) / 1000, 1), "run_id": info.run_id[:8]}
+
+    if study.is_search:
+        return [row({k: v for k, v in tracking.iter_tags(r, "axis.")}, r)
+                for r in sorted(runs, key=lambda r: r.info.start_time)]
+    best: dict[str, Any] = {}
+    for r in runs:
+        h = r.data.tags.get("config_hash")
+        cur = best.get(h)
+        if cur is None or (rank.get(r.info.status, 0), r.info.start_time) > (rank.get(cur.info.status, 0),
+                                                                          cur.info.start_time):
+            best[h] = r
+    return [row(t.point, best.get(t.hash)) for t in study.trials()]
+
+
+def _store_exists(uri: str) -> bool:
+    from pathlib import Path
+
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).is_file()
+    return True
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    import pandas as pd
+
+    study = _load(args, args.scale)
+    rows = status_rows(study, args.root)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    frame = pd.DataFrame(rows)
+    if args.format == "csv":
+        print(frame.to_csv(index=False), end="")
+        return 0
+    counts = frame["state"].value_counts().to_dict() if len(frame) else {}
+    print(f"study '{study.name}' at scale '{study.scale}': {len(frame)} trial(s); "
+          + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()))
+    if len(frame):
+        print(frame.fillna("-").to_string(index=False))
+    return 0
+
+
+def cmd_ray_env(args: argparse.Namespace) -> int:
+    from harness.runner import ray_node_env
+
+    for k, v in ray_node_env(args.root).items():
+        print(f"{k}={v}")
+    return 0
