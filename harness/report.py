@@ -414,34 +414,27 @@ def paired_gains(data: StudyData, metrics: Sequence[str]) -> pd.DataFrame:
     runs = data.runs
     metrics = list(metrics)
     rows = []
-    groups = runs.groupby(data.group_cols, sort=False, dropna=False)
-    for key, grp in groups:
-        first = grp.iloc[0]
-        if first["aux"] == NO_AUX:
-            continue
-        base = runs[_baseline_mask(runs, first)]
+    hosts = {k: g.groupby("seed")[metrics].mean()
+             for k, g in runs[runs["aux"] == NO_AUX].groupby(["architecture", "host"])}
+    for key, grp in runs[runs["aux"] != NO_AUX].groupby(data.group_cols, sort=False, dropna=False):
         rec: dict[str, Any] = dict(zip(data.group_cols, key if isinstance(key, tuple) else (key,)))
-        if base.empty:
-            rec["pairs"] = 0
-            rec["common_seeds"] = ""
-            rows.append(rec)
+        b = hosts.get((rec["architecture"], rec["host"]))
+        if b is None:
+            rows.append({**rec, "pairs": 0, "common_seeds": ""})
             continue
         a = grp.groupby("seed")[metrics].mean()
-        b = base.groupby("seed")[metrics].mean()
         common = a.index.intersection(b.index)
         diff = a.loc[common] - b.loc[common]
-        rec["pairs"] = len(common)
-        rec["common_seeds"] = ",".join(map(str, common))
-        rec["seeds_only_aux"] = ",".join(map(str, a.index.difference(b.index)))
-        rec["seeds_only_host"] = ",".join(map(str, b.index.difference(a.index)))
+        n = diff.count()
+        mean, sd = diff.mean(), diff.std(ddof=1)
+        half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sd / np.sqrt(n)
+        half[n < 2] = np.nan
+        rec.update(pairs=len(common), common_seeds=",".join(map(str, common)),
+                   seeds_only_aux=",".join(map(str, a.index.difference(b.index))),
+                   seeds_only_host=",".join(map(str, b.index.difference(a.index))))
         for m in metrics:
-            d = diff[m].dropna()
-            n = len(d)
-            mean = d.mean() if n else np.nan
-            sd = d.std(ddof=1) if n > 1 else np.nan
-            half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) if n > 1 else np.nan
-            rec.update({f"{m}:gain": mean, f"{m}:gain_std": sd, f"{m}:gain_n": n,
-                        f"{m}:ci_low": mean - half, f"{m}:ci_high": mean + half})
+            rec.update({f"{m}:gain": mean[m], f"{m}:gain_std": sd[m], f"{m}:gain_n": int(n[m]),
+                        f"{m}:ci_low": mean[m] - half[m], f"{m}:ci_high": mean[m] + half[m]})
         rows.append(rec)
     cols = [*data.group_cols, "pairs", "common_seeds"]
     return pd.DataFrame(rows, columns=None if rows else cols)
@@ -451,12 +444,10 @@ def cost_table(data: StudyData) -> pd.DataFrame:
     """Mean cost per group and its ratio to the host without an auxiliary task (ratio of means)."""
     s = summarize(data, COST_METRICS)
     runs = data.runs
-    for m in COST_METRICS:
-        ratios = []
-        for _, row in s.iterrows():
-            base = runs.loc[_baseline_mask(runs, row), m].mean()
-            ratios.append(row[f"{m}:mean"] / base if base and not np.isnan(base) else np.nan)
-        s[f"{m}:ratio"] = ratios
+    base = runs[runs["aux"] == NO_AUX].groupby(["architecture", "host"])[list(COST_METRICS)].mean()
+    ref = base.reindex(pd.MultiIndex.from_frame(s[["architecture", "host"]])).to_numpy()
+    for i, m in enumerate(COST_METRICS):
+        s[f"{m}:ratio"] = s[f"{m}:mean"].to_numpy() / ref[:, i]
     return s
 
 
