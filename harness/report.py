@@ -184,13 +184,25 @@ def _param(df: pd.DataFrame, key: str, default: str = MISSING) -> pd.Series:
     return pd.Series(default, index=df.index, dtype=object)
 
 
-def _axis_applies(df: pd.DataFrame, axis: str) -> pd.Series:
-    """Whether an axis applies to each run: a run with no parameter for it (a host-only run in a
-    mask-ratio grid) gets no axis value, so its trials pool into one baseline."""
+def _axis_param(df: pd.DataFrame, axis: str) -> str | None:
+    """The config path an axis sets: the axis name itself when it is a path, else the study alias
+    (harness.study.AXES: `mask_ratio` -> `method.aux.mfm.options.mask_ratio`)."""
     if f"params.{axis}" in df:
-        return df[f"params.{axis}"].notna()
+        return axis
+    from harness.study import AXES
+
+    path = AXES.get(axis)
+    return path if path and f"params.{path}" in df else None
+
+
+def _axis_applies(df: pd.DataFrame, axis: str) -> pd.Series:
+    """Whether an axis applies to each run: a run without the axis's parameter (a host-only run in a
+    mask-ratio grid) gets no axis value, so its trials pool into one baseline."""
+    path = _axis_param(df, axis)
+    if path is not None:
+        return df[f"params.{path}"].notna()
     last = axis.split(".")[-1]
-    cols = [c for c in df.columns if c.startswith("params.") and c.split(".")[-1] == last]
+    cols = [c for c in df.columns if c.startswith("params.method.aux.") and c.split(".")[-1] == last]
     if not cols:
         return pd.Series(True, index=df.index)
     return df[cols].notna().any(axis=1)
@@ -290,15 +302,21 @@ def tidy(df: pd.DataFrame, study: str, opts: ReportOptions, selection: Selection
         seed = df["tags.axis.seed"].fillna("").astype(str)
     out["seed"] = seed
 
-    # ablation axes: the study's axis.* tags that vary and are not implied by the identity columns
+    # ablation axes: the study's axis.* tags that vary and are not implied by the identity columns;
+    # an implied axis stays when its names say more than the identity (task=mic for aux task mim)
     axes: list[str] = []
+    identity = out["architecture"] + " " + out["host"] + " " + out["aux"]
     for c in sorted(c for c in df.columns if c.startswith("tags.axis.")):
         name = c[len("tags.axis."):]
         if "seed" in name.split(".")[-1].lower():
             continue
         col = f"axis:{name}"
-        out[col] = df[c].where(_axis_applies(df, name)).fillna("–").astype(str)
-        if out[col].nunique() > 1 and _varies_within(out, col, list(IDENTITY)):
+        values = df[c].where(_axis_applies(df, name)).fillna("–").astype(str)
+        if values.nunique() < 2:
+            continue
+        out[col] = values
+        implied = not _varies_within(out, col, list(IDENTITY))
+        if not implied or any(v != "–" and v not in i for v, i in zip(values, identity)):
             axes.append(col)
         else:
             out = out.drop(columns=col)
@@ -591,6 +609,9 @@ def main_table(data: StudyData, summary: pd.DataFrame, gains: pd.DataFrame) -> T
             f"absent from some runs' ground truth and predictions). Δ: paired "
             f"difference to the same architecture and host without an auxiliary task over their common "
             f"seeds, with a 95% t-interval.")
+    if not (data.runs["aux"] == NO_AUX).any():
+        note += (" This study has no runs of a host without an auxiliary task, so it shows no gains "
+                 "(the main comparison study has them).")
     return Table("main", "Main comparison", disp, numeric, note, _labels(data))
 
 
@@ -703,14 +724,29 @@ def fig_axis(data: StudyData, axis: str, folder: Path) -> tuple[str, str] | None
     ylabel = f"target {METRIC_LABEL[data.metric]} (%)"
     fig, ax = plt.subplots(figsize=(6, 3.6))
     num = pd.to_numeric(on[axis], errors="coerce")
-    if num.notna().all():
+    many = on[axis].nunique() > 8 or on["method"].nunique() > 8  # a search: points, not lines
+    if num.notna().all() and many:
+        on["x"] = num
+        numeric_others = [a for a in others if pd.to_numeric(on[a], errors="coerce").notna().all()]
+        hue = None
+        if numeric_others:
+            hue = numeric_others[0][len("axis:"):]
+            on[hue] = pd.to_numeric(on[numeric_others[0]])
+        sns.scatterplot(data=on, x="x", y=data.metric, hue=hue, palette="viridis" if hue else None,
+                        style="architecture" if on["architecture"].nunique() > 1 else None, ax=ax)
+        if num.min() > 0 and num.max() / num.min() >= 20:
+            ax.set_xscale("log")
+        kind = "one point per run" + (f", colour = {hue}" if hue else "")
+    elif num.notna().all():
         on["x"] = num
         sns.lineplot(data=on, x="x", y=data.metric, hue="method", errorbar="sd", marker="o", ax=ax)
         kind = "line = mean over seeds, band = ± 1 sd"
     else:
+        if on.groupby(axis)["method"].nunique().max() == 1:  # the axis names the method (task=mic)
+            on["method"] = _label(on.assign(aux=NO_AUX), others)
         order = list(_sort(on, [axis])[axis].drop_duplicates())
         sns.pointplot(data=on, x=axis, y=data.metric, hue="method", errorbar="sd", order=order,
-                      dodge=0.3, ax=ax, capsize=0.1)
+                      dodge=0.3 if on["method"].nunique() > 1 else False, ax=ax, capsize=0.1)
         kind = "points = mean over seeds, bars = ± 1 sd"
     base = runs[runs["aux"] == NO_AUX]
     for (arch, host), b in base.groupby(["architecture", "host"]):
@@ -720,7 +756,8 @@ def fig_axis(data: StudyData, axis: str, folder: Path) -> tuple[str, str] | None
                         fontsize=7, color="gray", va="bottom")
     ax.set_xlabel(name)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
     fname = "miou_vs_" + re.sub(r"[^A-Za-z0-9_]+", "_", name)
     _save(fig, folder, fname)
     return fname, f"{ylabel} against {name} ({kind}; dashed = host without auxiliary task)"
