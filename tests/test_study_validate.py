@@ -1,0 +1,286 @@
+"""Study files: every shipped study validates at every scale; bad files report every problem with its
+path in the file, exit with code 2 and write nothing; grids expand in a documented merge order."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.scales import SCALES
+from harness.study import StudyError, load_study
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((REPO / "studies").glob("*.yaml"))
+CONFIGS = REPO / "studies" / "configs"
+
+
+def write(tmp_path: Path, text: str, name: str = "study.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).replace("@CONFIGS@", str(CONFIGS)))
+    return path
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_shipped_studies_exist_and_say_what_they_answer():
+    names = {p.stem for p in SHIPPED}
+    assert {"main", "mask_ratio", "rebuilder", "mim_targets", "aux_tasks", "search_lambda_mask"} <= names
+    for path in SHIPPED:
+        study = load_study(path, "smoke")
+        assert len(study.spec.description.split()) >= 15, path
+        assert set(study.spec.expected_runtime) == set(SCALES), f"{path}: expected_runtime for every scale"
+
+
+@pytest.mark.parametrize("scale", list(SCALES))
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_study_validates(path, scale):
+    study = load_study(path, scale)
+    if study.is_search:
+        assert study.spec.search.num_samples >= 2
+        return
+    trials = study.trials()
+    assert len({t.hash for t in trials}) == len(trials), "two trials with the same config"
+    for t in trials:
+        for name, value in t.point.items():
+            assert study.axes[name].overlay(value) is not None
+    if scale == "paper":
+        assert {t.config.data.source.name for t in trials} == {"gta5"}
+        assert {t.config.schedule.iterations for t in trials} == {40000}
+
+
+def test_paper_scale_uses_the_paper_backbones():
+    study = load_study(REPO / "studies" / "main.yaml", "paper")
+    backbones = {t.config.model.arch: t.config.model.backbone for t in study.trials()}
+    assert backbones == {"deeplabv2": "resnet101", "daformer": "pvt_v2_b5"}
+    smoke = load_study(REPO / "studies" / "main.yaml", "smoke")
+    assert {t.config.model.backbone for t in smoke.trials()} == {"resnet18", "pvt_v2_b0"}
+
+
+# --------------------------------------------------------------------------------------------------
+# mistakes: each is reported with its path in the file, all at once
+
+BAD = {
+    "value_out_of_range": ("""
+        description: x
+        config: @CONFIGS@/daformer_mfm.yaml
+        grid: {mask_ratio: [0.1, 0.5, 1.2]}
+        """, ["grid.mask_ratio[2]: expected a number in [0, 1), got 1.2"]),
+    "unknown_axis": ("""
+        description: x
+        config: @CONFIGS@/daformer_mfm.yaml
+        grid: {maskratio: [0.1]}
+        """, ["grid.maskratio: unknown axis (did you mean 'mask_ratio'?)"]),
+    "unknown_top_key": ("""
+        description: x
+        config: @CONFIGS@/daformer_mfm.yaml
+        gird: {seed: [0]}
+        """, ["gird: unknown key (did you mean 'grid'?)", "grid: a study needs a 'grid'"]),
+    "missing_description": ("""
+        config: @CONFIGS@/daformer_mfm.yaml
+        grid: {seed: [0]}
+        """, ["description: required key is missing"]),
+    "missing_config_file": ("""
+        description: x
+        config: configs/nope.yaml
+        grid: {seed: [0]}
+        """, ["config: ", "~configs/nope.yaml: no such config file"]),
+    "bad_literal": ("""
+        description: x
+        config: @CONFIGS@/daformer_mfm.yaml
+        grid: {preset: [tiny, huge]}
+        """, ["grid.preset[1]: expected one of 'tiny', 'small', 'base', got 'huge'"]),
+    "duplicate_value": ("""
+        description: x
+        config: @CONFIGS@/daformer_mfm.yaml
+        grid: {seed: [0, 1, 1]}
+        """, ["grid.seed[2]: duplicate value 1"]),
+    "unknown_architecture": ("""
+        description: x
+        config: @CONFIGS@/base.yaml
+        grid: {arch: [deeplabv2, deeplab]}
+        """, ["grid.arch[1]: unknown model architecture 'deeplab' (did you mean 'deeplabv2'?)"]),
+    "unknown_aux_task": ("""
+        description: x
+        config: @CONFIGS@/base.yaml
+        grid: {aux: [none, mfn]}
+        """, ["grid.aux[1]: unknown aux 'mfn' (did you mean 'mfm'?)"]),
+    "bad_set_path": ("""
+        description: x
+        config: @CONFIGS@/daformer_mfm.yaml
+        set: {optim.lrr: 0.1}
+        grid: {seed: [0]}
+        """, ["set.optim.lrr: 'optim.lrr' is not a config field (did you mean 'lr'?)"]),
+    "bad_axis_definition": ("""
+        description: x
+        config: @CONFIGS@/base.yaml
+        axes: {depth: model.archh}
+        grid: {seed: [0]}
+        """, ["axes.depth: 'model.archh' is not a config field (did you mean 'arch'?)"]),
+    "task_without_pseudo_labels": ("""
+        description: x
+        config: @CONFIGS@/base.yaml
+        grid: {host: [source_only, dacs], aux: [none, mfm]}
+        """, ["grid (trial 1: host=source_only,aux=mfm): method.aux.mfm: needs the teacher's pseudo-labels"]),
+    "grid_and_search": ("""
+        description: x
+        config: @CONFIGS@/daformer_mfm.yaml
+        grid: {seed: [0]}
+        search: {num_samples: 2, params: {lambda: {type: loguniform, low: 0.1, high: 10}}}
+        """, ["search: a study has either a 'grid' or a 'search' block, not both"]),
+    "search_ranges": ("""
+        description: x
+        config: @CONFIGS@/daformer_mfm.yaml
+        search:
+          metric: target_mio
+          num_samples: 0
+          params:
+            lambda: {type: loguniform, low: 0, high: 10}
+            mask_ratio: {type: uniform, low: 0.2, high: 1.5}
+            preset: {type: choice, values: [tiny, giant]}
+        """, ["search.metric: unknown metric 'target_mio' (did you mean 'target_miou'?)",
+              "search.num_samples: expected an integer >= 1, got 0",
+              "search.params.lambda.low: loguniform needs low > 0, got 0",
+              "search.params.mask_ratio.high: expected a number in [0, 1), got 1.5",
+              "search.params.preset.values[1]: expected one of 'tiny', 'small', 'base', got 'giant'"]),
+    "bad_resources_and_runtime": ("""
+        description: x
+        config: @CONFIGS@/daformer_mfm.yaml
+        expected_runtime: {smok: 1 s}
+        resources: {cpu: 0}
+        grid: {seed: [0]}
+        """, ["resources.cpu: expected a number > 0, got 0",
+              "expected_runtime.smok: unknown scale (did you mean 'smoke'?)"]),
+    "bad_model_option": ("""
+        description: x
+        config: @CONFIGS@/deeplabv2.yaml
+        grid: {model.options.output_strid: [8]}
+        """, ["grid.model.options.output_strid[0]: model.options: output_strid: unknown key"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_study_gives_every_message_exit_2_and_writes_nothing(case, tmp_path, capsys, monkeypatch):
+    text, expected = BAD[case]
+    path = write(tmp_path, text)
+    monkeypatch.chdir(tmp_path)
+    before = tree(tmp_path)
+    assert main(["study", "validate", str(path), "--scale", "smoke"]) == 2
+    err = capsys.readouterr().err
+    for message in expected:  # "~text": anywhere in the message
+        wanted = message[1:] if message.startswith("~") else f"{path}: {message}"
+        assert wanted in err, f"missing: {message}\n{err}"
+    assert main(["study", "run", str(path), "--scale", "smoke", "--root", str(tmp_path)]) == 2
+    assert tree(tmp_path) == before  # no mlruns/, no ray_results/
+
+
+def test_one_file_with_many_mistakes_reports_them_all(tmp_path):
+    path = write(tmp_path, """
+        name: has space
+        descripton: typo
+        config: @CONFIGS@/daformer_mfm.yaml
+        set: {method.aux.mfm.options.mask_ratoi: 0.3}
+        grid:
+          mask_ratio: [-0.5, 0.3, high]
+          preset: [tiny, huge]
+          seed: [0, 0]
+        """)
+    with pytest.raises(StudyError) as e:
+        load_study(path, "smoke")
+    msg = str(e.value)
+    for part in ("description: required key is missing", "descripton: unknown key (did you mean 'description'?)",
+                 "name: 'has space'", "set.method.aux.mfm.options.mask_ratoi:", "(did you mean 'mask_ratio'?)",
+                 "grid.mask_ratio[0]: expected a number in [0, 1), got -0.5",
+                 "grid.mask_ratio[2]: expected a number in [0, 1), got 'high'",
+                 "grid.preset[1]: expected one of 'tiny', 'small', 'base', got 'huge'",
+                 "grid.seed[1]: duplicate value 0"):
+        assert part in msg, f"missing: {part}\n{msg}"
+    assert msg.splitlines()[0].endswith("8 problems")
+
+
+def test_cli_run_of_a_bad_study_exits_2_fast_and_starts_nothing(tmp_path):
+    path = write(tmp_path, BAD["value_out_of_range"][0])
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "study", "run", str(path), "--scale", "smoke",
+                        "--root", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "grid.mask_ratio[2]: expected a number in [0, 1), got 1.2" in r.stderr
+    assert "Ray" not in r.stderr + r.stdout  # never got as far as starting Ray
+    assert tree(tmp_path) == ["study.yaml"]
+
+
+def test_override_of_an_axis_path_is_refused(tmp_path):
+    path = write(tmp_path, BAD["value_out_of_range"][0].replace("1.2", "0.9"))
+    with pytest.raises(StudyError, match=r"--set: 'method.aux.mfm.options.mask_ratio' is varied by axis"):
+        load_study(path, "smoke", ["method.aux.mfm.options.mask_ratio=0.3"])
+    with pytest.raises(StudyError, match=r"unknown scale 'smok' \(did you mean 'smoke'\?\)"):
+        load_study(path, "smok")
+
+
+# --------------------------------------------------------------------------------------------------
+# expansion
+
+def test_grid_expands_in_file_order_with_merge_order_base_set_scale_axes_overrides(tmp_path):
+    path = write(tmp_path, """
+        description: x
+        config: @CONFIGS@/daformer_mfm.yaml
+        set:
+          schedule.iterations: 999          # a scale overrides `set:`
+          method.aux.mfm.weight: 0.5        # ... but not what the scale leaves alone
+        axes:
+          crop: data.crop
+        grid:
+          mask_ratio: [0.2, 0.6]
+          crop: [[48, 48]]
+          seed: [0, 1]
+        """)
+    with pytest.raises(StudyError, match=r"grid.crop\[0\]: expected a single value"):
+        load_study(path, "smoke")
+    path.write_text(path.read_text().replace("crop: [[48, 48]]", "model.backbone: [pvt_v2_b1]"))
+    study = load_study(path, "smoke", ["eval.max_images=1"])
+    trials = study.trials()
+    assert [t.point for t in trials] == [
+        {"mask_ratio": m, "model.backbone": "pvt_v2_b1", "seed": s} for m in (0.2, 0.6) for s in (0, 1)]
+    cfg = trials[3].config
+    assert cfg.method.aux["mfm"].options["mask_ratio"] == 0.6 and cfg.seed == 1
+    assert cfg.method.aux["mfm"].weight == 0.5                 # set:
+    assert cfg.schedule.iterations == SCALES["smoke"]["overlay"]["schedule"]["iterations"]  # scale > set
+    assert cfg.model.backbone == "pvt_v2_b1"                   # axis > scale's backbone
+    assert cfg.eval.max_images == 1                            # --set
+    assert cfg.method.ema_alpha == 0.999                       # base config chain (daformer.yaml)
+    assert trials[3].name == "mask_ratio=0.6,model.backbone=pvt_v2_b1,seed=1"
+    assert cfg.name == f"{study.name}/{trials[3].name}"
+    assert len({t.hash for t in trials}) == 4
+
+
+def test_variant_axes_and_the_aux_axis(tmp_path):
+    study = load_study(REPO / "studies" / "mim_targets.yaml", "smoke")
+    by_target = {t.point["target"]: t.config for t in study.trials() if t.point["seed"] == 0}
+    assert by_target["pixel"].method.aux["mim"].options == {"variant": "recon", "target": "pixel"}
+    assert by_target["hog"].method.aux["mim"].options["target"] == "hog"
+    assert set(by_target["feature"].method.aux) == {"mfm"}
+    main_study = load_study(REPO / "studies" / "main.yaml", "smoke")
+    aux = {t.point["aux"]: set(t.config.method.aux) for t in main_study.trials()}
+    assert aux == {"none": set(), "contrastive": {"contrastive"}, "mim": {"mim"}, "mfm": {"mfm"}}
+
+
+def test_cover_runs_every_axis_value_at_least_once():
+    study = load_study(REPO / "studies" / "main.yaml", "smoke")
+    cover = study.trials(cover=True)
+    assert len(cover) == 4
+    for axis, values in study.spec.grid.items():
+        assert {t.point[axis] for t in cover} == set(values)
+
+
+def test_search_points_resolve_with_their_types(tmp_path):
+    study = load_study(REPO / "studies" / "search_lambda_mask.yaml", "smoke")
+    cfg = study.resolve({"lambda": 2, "mask_ratio": 0.35})
+    assert cfg.method.aux["mfm"].weight == 2.0 and cfg.method.aux["mfm"].options["mask_ratio"] == 0.35
+    space = study.param_space()["point"]
+    assert set(space) == {"lambda", "mask_ratio"}
+    assert (space["lambda"].lower, space["lambda"].upper) == (0.1, 10.0)
