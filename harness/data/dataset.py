@@ -1,0 +1,154 @@
+"""`SegDataset`: the torch Dataset every training and evaluation loop reads, for every dataset.
+
+Items are `{"image": uint8 3xHxW, "label": int64 HxW trainIds (255 ignore), "name": str}`, optionally
+resized (image bilinear, label nearest), randomly cropped and flipped. The random crop and flip of
+item i are drawn from a generator seeded with (seed, epoch, i), so they do not depend on the worker
+process or the order items are fetched in: call `set_epoch(e)` before creating each epoch's
+iterator (a DataLoader with `persistent_workers=True` would keep the old epoch in its workers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from harness.data.io import DataError, read_class_counts, read_rgb
+from harness.data.layouts import Listing, LoaderOptions, listing_for, parse_options
+from harness.labels import IGNORE_INDEX, NUM_CLASSES
+
+
+class SegDataset(torch.utils.data.Dataset):
+    def __init__(self, listing: Listing, resize: tuple[int, int] | None = None,
+                 crop: tuple[int, int] | None = None, flip: float = 0.0, seed: int = 0,
+                 options: LoaderOptions | None = None) -> None:
+        if crop is not None and (len(crop) != 2 or min(crop) < 1):
+            raise ValueError(f"crop: expected (height, width) >= 1, got {crop!r}")
+        if resize is not None and (len(resize) != 2 or min(resize) < 1):
+            raise ValueError(f"resize: expected (width, height) >= 1, got {resize!r}")
+        if not 0.0 <= flip <= 1.0:
+            raise ValueError(f"flip: expected a probability in [0, 1], got {flip}")
+        self.listing = listing
+        self.samples = listing.samples
+        self.resize = tuple(resize) if resize else None
+        self.crop = tuple(crop) if crop else None
+        self.flip = float(flip)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.options = options or LoaderOptions()
+        self._counts: np.ndarray | None = None
+
+    # -- sampling state ---------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random crops/flips of epoch `epoch` (deterministic per (seed, epoch, index))."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.samples]
+
+    # -- items ------------------------------------------------------------------------------------
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image (HxWx3 uint8) and trainId label (HxW uint8) of a sample, checked and resized."""
+        s = self.samples[index]
+        image = read_rgb(s.image)
+        label = self.listing.read_label(s.label)
+        if image.shape[:2] != label.shape:
+            if self.options.on_size_mismatch == "resize":
+                label = np.asarray(Image.fromarray(label).resize(image.shape[1::-1], Image.NEAREST))
+            else:
+                raise DataError(
+                    f"{s.label}: label size {label.shape[1]}x{label.shape[0]} differs from its image "
+                    f"{s.image} ({image.shape[1]}x{image.shape[0]}); set options.on_size_mismatch: resize "
+                    f"to resize such labels")
+        if self.resize is not None and image.shape[1::-1] != self.resize:
+            image = np.asarray(Image.fromarray(image).resize(self.resize, Image.BILINEAR))
+            label = np.asarray(Image.fromarray(label).resize(self.resize, Image.NEAREST))
+        return image, label
+
+    def __getitem__(self, index: int) -> dict:
+        image, label = self.load(index)
+        if self.crop is not None or self.flip > 0:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            if self.crop is not None:
+                image, label = _random_crop(image, label, self.crop, rng)
+            if self.flip > 0 and rng.random() < self.flip:
+                image, label = image[:, ::-1], label[:, ::-1]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "label": torch.from_numpy(label.astype(np.int64)),
+            "name": self.samples[index].name,
+        }
+
+    # -- statistics -------------------------------------------------------------------------------
+    def class_pixel_counts(self) -> np.ndarray:
+        """Pixels of each class per image, int64 [N, 19], at the stored resolution (for rare-class
+        sampling). From the class statistics file when there is one, else computed once by reading
+        every label."""
+        if self._counts is None:
+            self._counts = self._load_counts()
+        return self._counts
+
+    def _load_counts(self) -> np.ndarray:
+        stats = self.listing.stats_file
+        if stats is not None and Path(stats).is_file():
+            names, counts = read_class_counts(stats)
+            row = {n: i for i, n in enumerate(names)}
+            missing = [s.name for s in self.samples if s.name not in row]
+            if missing:
+                raise DataError(f"{stats}: no class statistics for {missing[0]} ({len(missing)} images "
+                                f"missing); re-run the convert/synth stage")
+            return counts[[row[s.name] for s in self.samples]]
+        out = np.zeros((len(self.samples), NUM_CLASSES), np.int64)
+        for i, s in enumerate(self.samples):
+            lab = self.listing.read_label(s.label)
+            out[i] = np.bincount(lab.ravel(), minlength=256)[:NUM_CLASSES]
+        return out
+
+
+def _random_crop(image: np.ndarray, label: np.ndarray, crop: tuple[int, int],
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random (h, w) window; images smaller than the crop are padded (image 0, label 255)."""
+    ch, cw = crop
+    h, w = label.shape
+    if h < ch or w < cw:
+        ph, pw = max(ch - h, 0), max(cw - w, 0)
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=0)
+        label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
+        h, w = label.shape
+    y = int(rng.integers(0, h - ch + 1))
+    x = int(rng.integers(0, w - cw + 1))
+    return image[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
+
+
+def build_dataset(ds_cfg, crop: tuple[int, int] | None = None, flip: float = 0.0, seed: int = 0) -> SegDataset:
+    """The dataset of a `DatasetConfig` (name, root, domain, split, resize, options)."""
+    opts = parse_options(ds_cfg.options, f"dataset {ds_cfg.name}: options")
+    listing = listing_for(ds_cfg, opts)
+    return SegDataset(listing, resize=ds_cfg.resize, crop=crop, flip=flip, seed=seed, options=opts)
+
+
+def dataset_hash(ds_cfg) -> str:
+    """A short content hash of the data a config selects.
+
+    Synthetic: from the manifest's per-split content hash (a hash of the decoded pixels). Real sets:
+    from the sorted sample names with their image and label file sizes, plus the class statistics
+    file when converted labels are used (cheap: no image is decoded).
+    """
+    opts = parse_options(ds_cfg.options, f"dataset {ds_cfg.name}: options")
+    listing = listing_for(ds_cfg, opts)
+    h = hashlib.sha256(f"{ds_cfg.name}|{ds_cfg.domain}|{ds_cfg.split}|{opts.limit}".encode())
+    if ds_cfg.name == "synthetic":
+        h.update(listing.info["content_hash"].encode())
+    else:
+        for s in listing.samples:
+            h.update(f"{s.name}|{s.image.stat().st_size}|{s.label.stat().st_size}\n".encode())
+        if listing.stats_file is not None:
+            h.update(Path(listing.stats_file).read_bytes())
+    return h.hexdigest()[:16]
