@@ -673,7 +673,7 @@ def _draw_ground(cv: _Canvas, cam: _Camera, street: _Street, segR: _Segments, st
                  R: _Rand) -> None:
     H, W = cv.lab.shape
     u, v = _grid(W, H)
-    P, T, O = st.palette, st.textures, st.optics
+    P, T, Op = st.palette, st.textures, st.optics
     r0 = _ground_row(cam, H)
     if r0 >= H:
         return
@@ -707,11 +707,11 @@ def _draw_ground(cv: _Canvas, cam: _Camera, street: _Street, segR: _Segments, st
         ts = np.float32(T.sidewalk_tile)
         grout = (_fmod(Xg, ts) < 0.06 * ts) | (_fmod(zg, ts) < 0.06 * ts)
         mod -= np.float32(T.tile_contrast) * (grout & side)
-    if O.shadows > 0 and len(segR.height):
+    if Op.shadows > 0 and len(segR.height):
         idx = np.clip(np.searchsorted(segR.bounds, zg.ravel(), side="right") - 1, 0, len(segR.height) - 1)
         h = np.where(segR.kind[idx] == 0, segR.height[idx], 0.0).astype(np.float32)[:, None]
         shadow = (Xg > street.XR - 0.35 * h) & (zg > segR.bounds[0])
-        mod -= np.float32(O.shadows) * shadow
+        mod -= np.float32(Op.shadows) * shadow
     col *= mod
 
     # curbs and lane marks
@@ -742,7 +742,7 @@ def _draw_facade(cv: _Canvas, cam: _Camera, st: DomainStyle, seg: _Segments, Xp:
     """One facade plane (X = Xp): segments of buildings, hedges, walls, fences and gaps along the street."""
     H, W = cv.lab.shape
     u, v = _grid(W, H)
-    T, O, Wt = st.textures, st.optics, st.weather
+    T, Op, Wt = st.textures, st.optics, st.weather
     if left:
         c0, c1 = 0, int(min(W, max(0, math.floor(cam.vp - 1))))
     else:
@@ -787,10 +787,10 @@ def _draw_facade(cv: _Canvas, cam: _Camera, st: DomainStyle, seg: _Segments, Xp:
         sp = wp[:, 6][None]
         lines = (_fmod(Yw, sp) < 0.12 * sp) & (building | (kind == 3))[None]
         shade -= np.float32(T.facade_lines) * lines
-    if O.ambient_occlusion > 0:
-        shade -= np.float32(O.ambient_occlusion) * np.clip(1 - Yw * 0.5, 0, 1)
-    if O.side_light:
-        shade *= np.float32(1 - O.side_light if left else 1 + O.side_light * 0.5)
+    if Op.ambient_occlusion > 0:
+        shade -= np.float32(Op.ambient_occlusion) * np.clip(1 - Yw * 0.5, 0, 1)
+    if Op.side_light:
+        shade *= np.float32(1 - Op.side_light if left else 1 + Op.side_light * 0.5)
     color *= shade
     # windows on a grid in facade coordinates (s along the street, Yw up), and shop fronts
     s = zc + wp[:, 5]
@@ -1045,16 +1045,16 @@ class _Obj:
 
 
 def _place_objects(R: _Rand, st: DomainStyle, street: _Street, W: int) -> list[_Obj]:
-    O, P = st.objects, st.palette
+    Ob, P = st.objects, st.palette
     j = P.jitter
     xc, rw = street.xc, street.rw
     objs: list[_Obj] = []
 
     def depth() -> float:
-        return O.near + (O.far - O.near) * R.u() ** O.depth_power
+        return Ob.near + (Ob.far - Ob.near) * R.u() ** Ob.depth_power
 
     def sc() -> float:
-        return R.r(O.scale)
+        return R.r(Ob.scale)
 
     def vehicle_colors(choices):
         return {"color": R.color(choices, j), "glass": R.color(P.glass, j * 0.5), "tire": R.color(P.tire, 4)}
@@ -1062,29 +1062,29 @@ def _place_objects(R: _Rand, st: DomainStyle, street: _Street, W: int) -> list[_
     def person_colors():
         return {"top": R.color(P.clothes, j), "bottom": R.color(P.clothes, j), "skin": R.color(P.skin, j * 0.5)}
 
-    for _ in range(R.count(O.cars)):
+    for _ in range(R.count(Ob.cars)):
         s = sc()
         objs.append(_Obj(depth(), xc + R.u(-0.75, 0.75) * rw, 1.8 * s, 1.5 * s, _car_rear, vehicle_colors(P.car)))
-    for _ in range(R.count(O.parked_cars)):
+    for _ in range(R.count(Ob.parked_cars)):
         s = sc()
         side = -1 if R.chance(0.5) else 1
         objs.append(_Obj(depth(), xc + side * (rw - 1.0 * s), 4.3 * s, 1.45 * s, _car_side,
                          vehicle_colors(P.car), flip=R.chance(0.5)))
-    for _ in range(R.count(O.trucks)):
+    for _ in range(R.count(Ob.trucks)):
         s = sc()
         if R.chance(0.6):
             objs.append(_Obj(depth(), xc + R.u(-0.6, 0.6) * rw, 2.5 * s, 3.4 * s, _truck_rear, vehicle_colors(P.truck)))
         else:
             objs.append(_Obj(depth() + 4, xc + (-1 if R.chance(0.5) else 1) * (rw - 1.3), 8.0 * s, 3.4 * s,
                              _truck_side, vehicle_colors(P.truck), flip=R.chance(0.5)))
-    for _ in range(R.count(O.buses)):
+    for _ in range(R.count(Ob.buses)):
         s = sc()
         if R.chance(0.6):
             objs.append(_Obj(depth() + 3, xc + R.u(-0.6, 0.6) * rw, 2.55 * s, 3.2 * s, _bus_rear, vehicle_colors(P.bus)))
         else:
             objs.append(_Obj(depth() + 6, xc + (-1 if R.chance(0.5) else 1) * (rw - 1.3), 11.0 * s, 3.2 * s,
                              _bus_side, vehicle_colors(P.bus), flip=R.chance(0.5)))
-    for _ in range(R.count(O.trams)):
+    for _ in range(R.count(Ob.trams)):
         s = sc()
         if R.chance(0.5):
             objs.append(_Obj(depth() + 5, xc + R.u(-0.3, 0.3) * rw, 2.65 * s, 3.6 * s, _tram_front,
@@ -1092,17 +1092,17 @@ def _place_objects(R: _Rand, st: DomainStyle, street: _Street, W: int) -> list[_
         else:
             objs.append(_Obj(depth() + 12, xc + R.u(-0.3, 0.3) * rw, 22.0 * s, 3.6 * s, _tram_side,
                              vehicle_colors(P.train), flip=R.chance(0.5)))
-    for _ in range(R.count(O.persons)):
+    for _ in range(R.count(Ob.persons)):
         s = sc() * R.u(0.88, 1.1)
-        if R.chance(O.crossing):
+        if R.chance(Ob.crossing):
             X = xc + R.u(-0.9, 0.9) * rw
         else:
             side = -1 if R.chance(0.5) else 1
             sw = street.swl if side < 0 else street.swr
             X = xc + side * (rw + R.u(0.3, max(0.4, sw - 0.3)))
         objs.append(_Obj(depth(), X, 0.65 * s, 1.8 * s, _person, {**person_colors(), "stride": R.u(0, 0.18) * s}))
-    for motor, mean, parked in ((False, O.cyclists, False), (True, O.motorcyclists, False),
-                                (False, O.parked_bicycles, True), (True, O.parked_motorcycles, True)):
+    for motor, mean, parked in ((False, Ob.cyclists, False), (True, Ob.motorcyclists, False),
+                                (False, Ob.parked_bicycles, True), (True, Ob.parked_motorcycles, True)):
         for _ in range(R.count(mean)):
             s = sc() * R.u(0.92, 1.05)
             side = -1 if R.chance(0.5) else 1
@@ -1114,11 +1114,11 @@ def _place_objects(R: _Rand, st: DomainStyle, street: _Street, W: int) -> list[_
             p = {"s": s, "tire": R.color(P.tire, 4), "frame": R.color(P.bike, j), **person_colors()}
             fn = _moto_rider if (motor and not parked) else _moto if motor else _bike if parked else _bike_rider
             objs.append(_Obj(depth(), X, 1.8 * s, h, fn, p, flip=R.chance(0.5)))
-    for _ in range(R.count(O.poles)):
+    for _ in range(R.count(Ob.poles)):
         side = -1 if R.chance(0.5) else 1
         X = xc + side * (rw + R.u(0.3, 0.7))
         pw = R.u(0.12, 0.2)
-        kind = "light" if R.chance(O.light_p) else "sign" if R.chance(O.sign_p / max(1e-6, 1 - O.light_p)) else "lamp"
+        kind = "light" if R.chance(Ob.light_p) else "sign" if R.chance(Ob.sign_p / max(1e-6, 1 - Ob.light_p)) else "lamp"
         p: dict[str, Any] = {"pw": pw, "attach": kind, "color": R.color(P.pole, j * 0.5)}
         if kind == "light":
             top = R.u(3.2, 5.5)
@@ -1141,7 +1141,7 @@ def _place_objects(R: _Rand, st: DomainStyle, street: _Street, W: int) -> list[_
             p["pw"] = pw
             p["offset"] = w / 2 - pw / 2
         objs.append(_Obj(depth(), Xc, w, h, _pole_centered if kind == "sign" else _pole, p, flip=not toward_right))
-    for _ in range(R.count(O.trees)):
+    for _ in range(R.count(Ob.trees)):
         side = -1 if R.chance(0.5) else 1
         sw = street.swl if side < 0 else street.swr
         X = xc + side * (rw + R.u(0.6 * sw, sw + 1.5))
@@ -1248,7 +1248,7 @@ def _blur(x: np.ndarray, r: int) -> np.ndarray:
 def _post(cv: _Canvas, cam: _Camera, st: DomainStyle, R: _Rand) -> np.ndarray:
     """Materials, illumination, weather and camera effects; returns the final uint8 image."""
     H, W = cv.lab.shape
-    T, O, Wt = st.textures, st.optics, st.weather
+    T, Op, Wt = st.textures, st.optics, st.weather
     img = cv.img
     rng = R.rng
     # per-pixel brightness: material grain, stains, vignetting (one multiply for all three)
@@ -1263,22 +1263,22 @@ def _post(cv: _Canvas, cam: _Camera, st: DomainStyle, R: _Rand) -> np.ndarray:
         lut[[ROAD, SIDEWALK, BUILDING, WALL]] = T.grime
         f2 = 1 + lut[cv.lab] * _smooth_noise(rng, H, W, 6, 12)
         factor = f2 if factor is None else factor * f2
-    if O.vignetting > 0:
-        vig = _vignette(W, H, float(O.vignetting))
+    if Op.vignetting > 0:
+        vig = _vignette(W, H, float(Op.vignetting))
         factor = vig if factor is None else factor * vig
     if factor is not None:
         img *= factor
     # colour: exposure and white balance, saturation, contrast as one affine map
-    gain = np.full(3, R.r(O.exposure), np.float64)
-    if O.white_balance > 0:
-        gain *= 1 + (rng.random(3) * 2 - 1) * O.white_balance
-    gain *= O.contrast
-    offset = 128.0 * (1 - O.contrast)
-    if O.saturation != 1.0:
+    gain = np.full(3, R.r(Op.exposure), np.float64)
+    if Op.white_balance > 0:
+        gain *= 1 + (rng.random(3) * 2 - 1) * Op.white_balance
+    gain *= Op.contrast
+    offset = 128.0 * (1 - Op.contrast)
+    if Op.saturation != 1.0:
         grey = img[0] + img[1]
         grey += img[2]
-        img *= (gain * O.saturation).astype(np.float32).reshape(3, 1, 1)
-        img += grey * (gain * (1 - O.saturation) / 3).astype(np.float32).reshape(3, 1, 1)
+        img *= (gain * Op.saturation).astype(np.float32).reshape(3, 1, 1)
+        img += grey * (gain * (1 - Op.saturation) / 3).astype(np.float32).reshape(3, 1, 1)
     else:
         img *= gain.astype(np.float32).reshape(3, 1, 1)
     if Wt.fog > 0:
@@ -1298,18 +1298,18 @@ def _post(cv: _Canvas, cam: _Camera, st: DomainStyle, R: _Rand) -> np.ndarray:
                     continue
                 d2 = ((u[:, c0:c1] - x) ** 2 + (v[r0:r1] - y) ** 2) * np.float32(1 / (r * r))
                 img[:, r0:r1, c0:c1] += (np.float32(Wt.lights) / (1 + d2 * d2)) * rgb.reshape(3, 1, 1)
-    if O.blur > 0:
-        for _ in range(O.blur_passes):
-            img = _blur(img, O.blur)
-    if O.chromatic > 0:
-        c = O.chromatic
+    if Op.blur > 0:
+        for _ in range(Op.blur_passes):
+            img = _blur(img, Op.blur)
+    if Op.chromatic > 0:
+        c = Op.chromatic
         img[0, :, c:] = img[0, :, :-c].copy()
         img[2, :, :-c] = img[2, :, c:].copy()
     offset += 0.5  # round half up when truncating below
-    if O.noise > 0:  # triangular noise in [-noise, noise] per channel
-        img += _pixel_noise(rng, (3, H, W)) * np.float32(O.noise)
-    if O.luma_noise > 0:
-        img += _pixel_noise(rng, (H, W)) * np.float32(O.luma_noise)
+    if Op.noise > 0:  # triangular noise in [-noise, noise] per channel
+        img += _pixel_noise(rng, (3, H, W)) * np.float32(Op.noise)
+    if Op.luma_noise > 0:
+        img += _pixel_noise(rng, (H, W)) * np.float32(Op.luma_noise)
     img += np.float32(offset)
     np.clip(img, 0, 255, out=img)
     return np.moveaxis(img, 0, -1).astype(np.uint8)  # H x W x 3
