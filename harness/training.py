@@ -126,9 +126,11 @@ def _loader(dataset, batch_size: int, workers: int, start_sample: int, seed: int
         np.random.seed(s % 2**32)
         torch.manual_seed(s)
 
+    # Its own generator: creating the iterator must not consume the global RNG (resume equality).
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=_Range(start_sample), num_workers=workers,
-        worker_init_fn=init if workers else None, persistent_workers=False, drop_last=True)
+        worker_init_fn=init if workers else None, persistent_workers=False, drop_last=True,
+        generator=torch.Generator().manual_seed(seed))
 
 
 # ---------------------------------------------------------------------------------------------------

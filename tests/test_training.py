@@ -1,0 +1,114 @@
+"""The training engine: every host on both architectures, determinism, resume, NaN stop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from harness import checkpoint as ckpt
+from harness.config import load_config
+from harness.scales import scale_overlay
+from harness.training import TrainingDiverged, train
+
+ARCHS = {"deeplabv2": "resnet18", "daformer": "pvt_v2_b0"}
+
+
+def smoke_cfg(root, tmp_path, *overrides, arch="deeplabv2"):
+    data = [f"data.{part}.root={root}" for part in ("source", "target", "val")]
+    return load_config(None, [*data, f"output={tmp_path}/run", "threads=1", *overrides],
+                       extra=scale_overlay("smoke", arch))
+
+
+def comparable(metrics):
+    return {k: ("nan" if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in metrics.items() if k not in ("step_time", "throughput", "peak_mem_mb")}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("host", ["source_only", "dacs", "oracle"])
+def test_each_host_trains_on_each_architecture(synth_root, tmp_path, host, arch):
+    cfg = smoke_cfg(synth_root, tmp_path, f"method.host={host}", f"model.arch={arch}", arch=arch)
+    seen = []
+    metrics = train(cfg, on_eval=lambda it, m, d: seen.append((it, m, d)), progress=False)
+    assert [it for it, _, _ in seen] == [2, 4]
+    assert 0 <= metrics["target_miou"] <= 100 and metrics["iteration"] == 4
+    assert metrics["loss/sup"] > 0
+    if host == "dacs":
+        assert metrics["loss/uda"] >= 0
+    state = ckpt.load(seen[-1][2])
+    assert state["iteration"] == 4 and set(state) >= {"model", "host", "optimizer", "scheduler", "rng"}
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_same_seed_same_metrics_to_the_last_digit(synth_root, tmp_path):
+    a = train(smoke_cfg(synth_root, tmp_path / "a", "method.host=dacs"), progress=False)
+    b = train(smoke_cfg(synth_root, tmp_path / "b", "method.host=dacs"), progress=False)
+    c = train(smoke_cfg(synth_root, tmp_path / "c", "method.host=dacs", "seed=1"), progress=False)
+    assert comparable(a) == comparable(b)
+    assert comparable(a) != comparable(c)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resumed_run_ends_like_an_uninterrupted_one(synth_root, tmp_path):
+    full = train(smoke_cfg(synth_root, tmp_path / "full", "method.host=dacs"), progress=False)
+
+    def kill_after_first_eval(iteration, metrics, folder):
+        raise _Killed(iteration)
+
+    cfg = smoke_cfg(synth_root, tmp_path / "part", "method.host=dacs")
+    with pytest.raises(_Killed):
+        train(cfg, on_eval=kill_after_first_eval, progress=False)
+    assert ckpt.load(tmp_path / "part" / "run" / "checkpoint")["iteration"] == 2
+    resumed = train(cfg, resume=tmp_path / "part" / "run" / "checkpoint", progress=False)
+    assert comparable(resumed) == comparable(full)
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(synth_root, tmp_path):
+    cfg = smoke_cfg(synth_root, tmp_path, "method.host=source_only")
+    train(cfg, progress=False)
+    other = smoke_cfg(synth_root, tmp_path, "method.host=source_only", "seed=5")
+    with pytest.raises(ValueError, match="different config.*seed"):
+        train(other, resume=tmp_path / "run" / "checkpoint", progress=False)
+
+
+def test_checkpoint_is_data_not_code(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "checkpoint.pt").write_bytes(pickle.dumps({"x": Evil()}))
+    with pytest.raises(ValueError, match="not a readable udabench checkpoint"):
+        ckpt.load(tmp_path)
+
+
+def test_diverging_loss_stops_the_run_naming_loss_and_iteration(synth_root, tmp_path):
+    cfg = smoke_cfg(synth_root, tmp_path, "method.host=source_only", "optim.lr=1e30",
+                    "schedule.warmup=0", "schedule.iterations=8", "eval.interval=8")
+    with pytest.raises(TrainingDiverged, match=r"loss 'sup' is (nan|inf|-inf) at iteration [1-7]"):
+        train(cfg, progress=False)
+
+
+def test_rare_class_sampling_prefers_rare_classes(synth_root):
+    import numpy as np
+
+    from harness.config import DatasetConfig
+    from harness.data import build_dataset
+    from harness.training import SampleStream
+
+    ds = build_dataset(DatasetConfig(root=str(synth_root), domain="source"))
+    counts = np.asarray(ds.class_pixel_counts())
+    plain = SampleStream(ds, seed=0)
+    rcs = SampleStream(ds, seed=0, rcs=(0.01, 1))
+    rarest = int(np.argmin(np.where(counts.sum(0) > 0, counts.sum(0), np.inf)))
+    has_rare = counts[:, rarest] >= 1
+    n = 400
+    frac_plain = np.mean([has_rare[plain.index(k)[0]] for k in range(n)])
+    frac_rcs = np.mean([has_rare[rcs.index(k)[0]] for k in range(n)])
+    assert frac_rcs > frac_plain
+    assert [rcs.index(k) for k in range(20)] == [SampleStream(ds, 0, (0.01, 1)).index(k) for k in range(20)]
