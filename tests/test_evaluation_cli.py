@@ -19,7 +19,10 @@ torch.set_num_threads(1)
 
 
 def write_checkpoint(folder, val_root="datasets/synthetic", arch="deeplabv2", **state):
-    cfg = load_config(None, [f"data.val.root={val_root}", f"model.arch={arch}", "eval.max_images=2"],
+    # domain and split spelled out: a partial `data.val` override resets the other fields to
+    # DatasetConfig's defaults (source/train), not to data.val's (target/val).
+    cfg = load_config(None, [f"data.val.root={val_root}", "data.val.domain=target", "data.val.split=val",
+                             f"model.arch={arch}", "eval.max_images=2"],
                       extra=scale_overlay("smoke", arch))
     torch.manual_seed(123)
     model = create_segmentor(cfg.model.arch, backbone=cfg.model.backbone, **cfg.model.options)

@@ -192,6 +192,7 @@ def format_table(result: dict[str, Any]) -> str:
     for key, label in (("miou", "mIoU (19)"), ("miou16", "mIoU16"), ("miou13", "mIoU13"),
                        ("pixel_acc", "pixel acc")):
         lines.append(f"{label:<{width}}  {pct(result[key]):>6}")
+    lines.append("(x: counted in mIoU16 / mIoU13; '-': class absent from ground truth and prediction)")
     return "\n".join(lines)
 
 
