@@ -1,0 +1,225 @@
+"""What the auxiliary tasks cost to train: step time and peak memory of `dacs` + each task relative to
+`dacs` alone, on both CPU-scale architectures, and MFM's overhead for each Rebuilder preset.
+
+Every measurement goes through the real engine: `harness.training.Trainer` built from a run config,
+then `Trainer.step` (host step, auxiliary losses, backward, optimiser step, EMA update) on batches of
+the synthetic benchmark that are loaded before the clock starts (data loading is the same for every
+variant and is not what is compared). Each (repeat, architecture, variant) runs in a fresh process
+with one torch thread, so peak RSS (`ru_maxrss`, a per-process high-water mark) belongs to that
+variant alone; repeats are interleaved so slow drift on the shared machine hits every variant alike.
+
+    .venv/bin/python benchmarks/bench_aux.py --size 128 --batch 2 --steps 8 --repeats 3
+
+prints a Markdown table and writes JSON (default reports/bench_aux.json, written atomically). The
+synthetic data is generated once into --workdir (default /tmp/udabench-bench-aux) and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ARCHS = {"deeplabv2": "resnet18", "daformer": "pvt_v2_b0"}
+# variant -> method.aux (task name -> AuxConfig fields); defaults of the task otherwise.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "dacs": {},
+    "+contrastive": {"contrastive": {}},
+    "+mim mic": {"mim": {"options": {"variant": "mic"}}},
+    "+mim recon pixel": {"mim": {"options": {"variant": "recon", "target": "pixel"}}},
+    "+mim recon hog": {"mim": {"options": {"variant": "recon", "target": "hog"}}},
+    "+mfm tiny": {"mfm": {"options": {"preset": "tiny"}}},
+    "+mfm small": {"mfm": {"options": {"preset": "small"}}},
+    "+mfm base": {"mfm": {"options": {"preset": "base"}}},
+}
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process (MiB)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def ensure_data(workdir: Path, size: int) -> Path:
+    """A small synthetic benchmark (generated once, then reused)."""
+    from harness.data.synthetic import SynthParams, generate
+
+    root = workdir / f"synthetic-{size}"
+    if not (root / "manifest.json").is_file():
+        params = SynthParams(width=2 * size, height=size,
+                             splits={"source": {"train": 16}, "target": {"train": 16, "val": 2}})
+        generate(params, root)
+    return root
+
+
+def run_config(arch: str, variant: str, data_root: Path, size: int, batch: int, out: Path):
+    from harness.config import load_config
+
+    overrides = [f"data.{p}.root={data_root}" for p in ("source", "target", "val")]
+    overrides += [f"model.arch={arch}", f"model.backbone={ARCHS[arch]}", "method.host=dacs",
+                  f"data.crop=[{size},{size}]", f"data.batch_size={batch}", "threads=1",
+                  "device=cpu", f"output={out}", "schedule.iterations=100000", "schedule.warmup=10"]
+    if arch == "daformer":
+        overrides.append("model.options.embed_dim=64")  # the CPU-scale DAFormer head
+    aux = VARIANTS[variant]
+    return load_config(None, overrides, extra={"method": {"aux": aux}} if aux else None)
+
+
+def worker(args: argparse.Namespace) -> dict[str, Any]:
+    """One measurement in this (fresh) process: warm-up steps, then timed engine steps."""
+    from collections import defaultdict
+
+    import torch
+    from torch.utils.data import default_collate
+
+    from harness.env import offline
+    from harness.training import Trainer
+
+    offline()
+    torch.set_num_threads(1)
+    cfg = run_config(args.arch, args.variant, Path(args.data_root), args.size, args.batch,
+                     Path(args.workdir) / "runs" / f"{args.arch}-{args.variant.replace(' ', '_')}")
+    trainer = Trainer(cfg, progress=False)
+    trainer.model.train()
+    n = args.warmup + args.steps
+    b = args.batch
+    batches = [(default_collate([trainer.source_stream[k * b + i] for i in range(b)]),
+                default_collate([trainer.target_stream[k * b + i] for i in range(b)])) for k in range(n)]
+    base = rss_mb()
+    sums: dict[str, float] = defaultdict(float)
+    times = []
+    for k, (src, tgt) in enumerate(batches):
+        t0 = time.perf_counter()
+        trainer.step(src, tgt, sums)
+        trainer.iteration += 1
+        if k >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "arch": args.arch, "backbone": ARCHS[args.arch], "variant": args.variant,
+        "step_times": times, "step_time": statistics.median(times),
+        "peak_rss_mb": peak, "rss_before_steps_mb": base,
+        "model_params": sum(p.numel() for p in trainer.model.parameters()),
+        "aux_params": sum(p.numel() for p in trainer.aux.parameters()),
+        "losses": sorted(sums),
+    }
+
+
+def run_one(args: argparse.Namespace, arch: str, variant: str, data_root: Path) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", "--arch", arch, "--variant", variant,
+           "--data-root", str(data_root), "--size", str(args.size), "--batch", str(args.batch),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--workdir", str(args.workdir)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{arch} {variant}: worker failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarise(results: list[dict[str, Any]], archs: list[str], variants: list[str]) -> list[dict[str, Any]]:
+    def of(arch: str, v: str, key: str) -> list[float]:
+        return [r[key] for r in results if r["arch"] == arch and r["variant"] == v]
+
+    rows = []
+    for arch in archs:
+        base_t = statistics.median(of(arch, "dacs", "step_time"))
+        base_m = statistics.median(of(arch, "dacs", "peak_rss_mb"))
+        for v in variants:
+            t, m = of(arch, v, "step_time"), of(arch, v, "peak_rss_mb")
+            aux = of(arch, v, "aux_params")
+            rows.append({
+                "arch": arch, "backbone": ARCHS[arch], "variant": v, "repeats": len(t),
+                "aux_params_m": aux[0] / 1e6, "model_params_m": of(arch, v, "model_params")[0] / 1e6,
+                "step_ms": 1000 * statistics.median(t), "step_ms_min": 1000 * min(t),
+                "step_ms_max": 1000 * max(t), "step_ratio": statistics.median(t) / base_t,
+                "peak_rss_mb": statistics.median(m), "peak_ratio": statistics.median(m) / base_m,
+                "peak_extra_mb": statistics.median(m) - base_m,
+            })
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| architecture | variant | aux params (M) | step (ms), median [min-max] | x dacs "
+             "| peak RSS (MiB) | x dacs | extra (MiB) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['arch']}/{r['backbone']} | {r['variant']} | {r['aux_params_m']:.2f} | "
+            f"{r['step_ms']:.0f} [{r['step_ms_min']:.0f}-{r['step_ms_max']:.0f}] | {r['step_ratio']:.2f} | "
+            f"{r['peak_rss_mb']:.0f} | {r['peak_ratio']:.2f} | {r['peak_extra_mb']:+.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=128, help="square training crop (pixels)")
+    p.add_argument("--batch", type=int, default=2, help="source and target batch size")
+    p.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--repeats", type=int, default=3, help="fresh processes per (architecture, variant)")
+    p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/udabench-bench-aux"))
+    p.add_argument("--out", type=Path, default=ROOT / "reports" / "bench_aux.json")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--arch", help=argparse.SUPPRESS)
+    p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--data-root", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+    if args.size % 32:
+        p.error(f"--size {args.size}: must be a multiple of 32 (the default MIC block and MFM mask unit)")
+    variants = ["dacs"] + [v for v in args.variants if v != "dacs"]
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    data_root = ensure_data(args.workdir, args.size)
+    results = []
+    t_start = time.perf_counter()
+    for rep in range(args.repeats):
+        for arch in args.archs:
+            for v in variants:
+                r = run_one(args, arch, v, data_root)
+                r["repeat"] = rep
+                results.append(r)
+                print(f"[{rep + 1}/{args.repeats}] {arch:9s} {v:18s} {1000 * r['step_time']:7.0f} ms/step "
+                      f"{r['peak_rss_mb']:6.0f} MiB", file=sys.stderr)
+    rows = summarise(results, args.archs, variants)
+    table = markdown(rows)
+    print(table)
+    import torch
+
+    report = {
+        "command": "benchmarks/bench_aux.py " + " ".join(sys.argv[1:]),
+        "settings": {"size": args.size, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
+                     "repeats": args.repeats, "threads": 1, "device": "cpu"},
+        "environment": {"python": sys.version.split()[0], "torch": torch.__version__,
+                        "cpus": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0]},
+        "wall_time_s": time.perf_counter() - t_start,
+        "rows": rows, "runs": results, "markdown": table,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, args.out)
+    print(f"\nwrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
