@@ -245,6 +245,10 @@ def format_validation_error(err: ValidationError, source: str, model: type[BaseM
 
 
 def validate(data: dict[str, Any], source: str = "<config>") -> RunConfig:
+    # Merge over the full defaults first, so a partial section (`data.val.root=x`) keeps the defaults
+    # of that section (val: target/val) rather than the generic defaults of its type.
+    if isinstance(data, dict):
+        data = deep_merge(RunConfig().to_dict(), data)
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:

@@ -67,3 +67,9 @@ def test_bad_files_are_named(tmp_path):
     (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
     with pytest.raises(ConfigError, match="circular"):
         load_config(tmp_path / "loop.yaml")
+
+
+def test_partial_section_keeps_that_sections_defaults():
+    cfg = load_config(None, ["data.val.root=/x", "data.target.root=/x"])
+    assert (cfg.data.val.domain, cfg.data.val.split, cfg.data.val.root) == ("target", "val", "/x")
+    assert (cfg.data.target.domain, cfg.data.target.split) == ("target", "train")
