@@ -544,7 +544,7 @@ class Table:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{self.name}.md").write_text(self.markdown() + "\n")
         (folder / f"{self.name}.tex").write_text(self.latex())
-        self.numeric.to_csv(folder / f"{self.name}.csv", index=False, float_format="%.6g")
+        self.numeric.to_csv(folder / f"{self.name}.csv", index=False, float_format="%.10g")
 
 
 def _label_frame(df: pd.DataFrame, data: StudyData) -> pd.DataFrame:
@@ -954,7 +954,7 @@ def write_study(data: StudyData, opts: ReportOptions, command: str) -> tuple[Pat
         for t in tables:
             if not t.display.empty:
                 t.write(tmp / "tables")
-        data.runs.to_csv(tmp / "tables" / "trials.csv", index=False, float_format="%.6g")
+        data.runs.to_csv(tmp / "tables" / "trials.csv", index=False, float_format="%.10g")
         figures: list[tuple[str, str]] = []
         if opts.figures:
             for axis in data.axes:
