@@ -65,7 +65,7 @@ def test_pixels_do_not_depend_on_the_cpu_code_path():
     path) the pixels must be the same: the renderer avoids functions whose kernels round differently."""
     env = dict(os.environ)
     base = subprocess.run([sys.executable, "-c", HASH_SCRIPT], capture_output=True, text=True, env=env, check=True)
-    from numpy._core._multiarray_umath import __cpu_dispatch__  # noqa: PLC0415
+    from numpy._core._multiarray_umath import __cpu_dispatch__
 
     env["NPY_DISABLE_CPU_FEATURES"] = " ".join(__cpu_dispatch__)
     other = subprocess.run([sys.executable, "-c", HASH_SCRIPT], capture_output=True, text=True, env=env, check=True)

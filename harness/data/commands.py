@@ -174,7 +174,13 @@ def format_manifest(manifest: dict) -> str:
     lines = [f"synthetic benchmark {manifest['generator']}: {size['width']}x{size['height']}, seed "
              f"{manifest['params']['seed']}, {manifest['num_images']} images, "
              f"{manifest['classes_present']}/19 classes present"]
-    splits = manifest["splits"]
+    from harness.data.synthetic import DOMAINS
+
+    def order(key: str) -> tuple[int, str]:
+        d, _, sp = key.partition("/")
+        return (DOMAINS.index(d) if d in DOMAINS else len(DOMAINS), sp)
+
+    splits = {k: manifest["splits"][k] for k in sorted(manifest["splits"], key=order)}
     for key, info in splits.items():
         lines.append(f"  {key:20s} {info['count']:6d} images  content {info['content_hash'][:12]}  "
                      f"style {info['style_hash'][:12]}")

@@ -1044,7 +1044,7 @@ class _Obj:
     flip: bool = False
 
 
-def _place_objects(R: _Rand, st: DomainStyle, street: _Street, W: int) -> list[_Obj]:
+def _place_objects(R: _Rand, st: DomainStyle, street: _Street) -> list[_Obj]:
     Ob, P = st.objects, st.palette
     j = P.jitter
     xc, rw = street.xc, street.rw
@@ -1337,7 +1337,7 @@ def render(style: DomainStyle, rng: np.random.Generator, width: int = 256,
     lit_seed = R.int(0, 999)
     _draw_facade(cv, cam, style, segL, street.XL, True, lit_seed)
     _draw_facade(cv, cam, style, segR, street.XR, False, lit_seed)
-    for o in _place_objects(R, style, street, width):
+    for o in _place_objects(R, style, street):
         _draw_object(cv, cam, o, style.textures.object_shading)
     if R.chance(L.ego_hood_p):
         _draw_hood(cv, style, R)
