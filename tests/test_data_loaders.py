@@ -110,6 +110,20 @@ def test_gta5_maps_every_cityscapes_id(tmp_path):
     assert item["label"].dtype == torch.int64 and item["name"] == "00002"
 
 
+def test_gta5_palette_labels_read_as_indices(tmp_path):
+    """GTA5 ships labels as palette PNGs whose indices are the Cityscapes ids."""
+    from PIL import Image
+
+    root = write_gta5(tmp_path / "gta5", n=1)
+    ids = all_ids(256).astype(np.uint8)
+    im = Image.fromarray(ids).convert("P")  # index i = grey value i
+    im.putpalette(list(np.random.default_rng(0).integers(0, 256, 768)))
+    im.save(root / "labels" / "00001.png")
+    assert Image.open(root / "labels" / "00001.png").mode == "P"
+    lab = build_dataset(cfg("gta5", root))[0]["label"].numpy()
+    np.testing.assert_array_equal(lab, expected(ids, CITYSCAPES_ID_TO_TRAIN))
+
+
 def test_synthia_reads_the_class_from_the_first_channel_of_16bit_labels(tmp_path):
     ds = build_dataset(cfg("synthia", write_synthia(tmp_path / "synthia")))
     lab = ds[0]["label"].numpy()
