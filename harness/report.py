@@ -68,7 +68,11 @@ class ReportOptions:
     out: Path = Path("reports")
     tracking_uri: str | None = None
     allow_mixed: bool = False
-    scale: str | None = None        # keep only runs tagged with this scale
+    scale: str | None = None        # keep only runs tagged with this scale ...
+    study_scales: dict[str, str] = field(default_factory=dict)  # ... or this one for a study
+
+    def scale_of(self, study: str) -> str | None:
+        return self.study_scales.get(study, self.scale)
     figures: bool = True
     curves: bool = True             # training curves need the metric history (one query per metric)
     max_curve_groups: int = 16      # training-curve figures show at most this many groups
@@ -252,8 +256,9 @@ def tidy(df: pd.DataFrame, study: str, opts: ReportOptions, selection: Selection
     """One study's raw `search_runs` frame -> StudyData (finished runs only; checks mixing)."""
     if df.empty:
         raise ReportError(f"study '{study}': no runs in the tracking store")
-    if opts.scale is not None:
-        df = df[df["tags.scale"] == opts.scale] if "tags.scale" in df else df.iloc[0:0]
+    scale = opts.scale_of(study)
+    if scale is not None:
+        df = df[df["tags.scale"] == scale] if "tags.scale" in df else df.iloc[0:0]
     excluded = {f"{k.lower()}": int(v) for k, v in
                 df.loc[df["status"] != "FINISHED", "status"].value_counts().items()}
     if selection is not None and selection.hashes is not None and "tags.config_hash" in df:
@@ -272,7 +277,7 @@ def tidy(df: pd.DataFrame, study: str, opts: ReportOptions, selection: Selection
             excluded["superseded by a later run of the same config"] = int(again.sum())
         df = df[~again]
     if df.empty:
-        what = f" at scale '{opts.scale}'" if opts.scale else ""
+        what = f" at scale '{scale}'" if scale else ""
         raise ReportError(f"study '{study}': no finished runs{what} "
                           f"(other runs: {excluded or 'none'})")
     trial = df["run_id"].astype(str)
@@ -926,8 +931,8 @@ def headline(data: StudyData, summary: pd.DataFrame, gains: pd.DataFrame) -> dic
                          gain_ci_high=_round(g[f"{m}:ci_high"]), pairs=int(g[f"{m}:gain_n"]))
         groups[key] = entry
     best = max(groups.items(), key=lambda kv: -math.inf if kv[1]["mean"] is None else kv[1]["mean"])
-    return {"metric": m, "runs": len(data.runs), "best": best[0], "best_mean": best[1]["mean"],
-            "groups": groups}
+    return {"metric": m, "scale": data.provenance.get("scale", MISSING), "runs": len(data.runs),
+            "best": best[0], "best_mean": best[1]["mean"], "groups": groups}
 
 
 def _round(x: float) -> float | None:
@@ -1011,7 +1016,7 @@ def build_reports(studies: Sequence[str] | None, opts: ReportOptions, command: s
             if is_study_file(arg):
                 from harness.study import load_study
 
-                name = load_study(arg, scale=opts.scale or "cpu").name
+                name = load_study(arg, scale=opts.scale_of(Path(arg).stem) or "cpu").name
                 selections[name] = Selection(name, Path(arg))
             else:
                 selections[arg] = Selection(arg)
@@ -1020,7 +1025,7 @@ def build_reports(studies: Sequence[str] | None, opts: ReportOptions, command: s
         for name, sel in selections.items():
             if sel.path is not None:
                 runs = df[df["study"] == name] if not df.empty else df
-                scales = [opts.scale] if opts.scale else (
+                scales = [opts.scale_of(name)] if opts.scale_of(name) else (
                     sorted(runs["tags.scale"].dropna().unique()) if "tags.scale" in runs else [])
                 selections[name] = select(sel.path, scales or ["cpu"])
     else:

@@ -22,8 +22,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the project's store)")
-    p.add_argument("--scale", default=None,
-                   help="only runs tagged with this scale (smoke | demo | cpu | paper)")
+    p.add_argument("--scale", action="append", default=[], metavar="[STUDY=]SCALE",
+                   help="only runs tagged with this scale (smoke | demo | cpu | paper); STUDY=SCALE "
+                        "for one study (repeatable)")
     p.add_argument("--allow-mixed", action="store_true",
                    help="put runs with different data hashes, code commits or scales into one table")
     p.add_argument("--no-figures", action="store_true", help="tables and pages only")
@@ -36,8 +37,18 @@ def run(args: argparse.Namespace) -> int:
     from harness.cli import UsageError
     from harness.report import ReportError, ReportOptions, build_reports
 
+    scale, per_study = None, {}
+    for value in args.scale:
+        if "=" in value:
+            study, _, s = value.partition("=")
+            per_study[study] = s
+        elif scale is not None and value != scale:
+            raise UsageError(f"--scale {scale} and --scale {value}: one scale for all studies, or STUDY=SCALE")
+        else:
+            scale = value
     opts = ReportOptions(out=args.out, tracking_uri=args.tracking_uri, allow_mixed=args.allow_mixed,
-                         scale=args.scale, figures=not args.no_figures, curves=not args.no_curves)
+                         scale=scale, study_scales=per_study, figures=not args.no_figures,
+                         curves=not args.no_curves)
     command = "udabench report " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if (
         len(sys.argv) > 1 and sys.argv[1] == "report") else "udabench report " + " ".join(args.studies)
     start = time.perf_counter()

@@ -188,6 +188,10 @@ def test_scales_not_mixed(tmp_path, capsys):
     assert "scale = smoke" in capsys.readouterr().err
     assert main(["report", "--scale", "cpu", "--tracking-uri", uri, "--out", str(out), "--no-figures"]) == 0
     assert pd.read_csv(out / "sc_0" / "tables" / "main.csv")["runs"].sum() == 4
+    assert main(["report", "sc_0", "--scale", "sc_0=smoke", "--tracking-uri", uri, "--out", str(out),
+                 "--no-figures"]) == 0
+    assert pd.read_csv(out / "sc_0" / "tables" / "main.csv")["runs"].sum() == 2
+    assert json.loads((out / "metrics.json").read_text())["sc_0"]["runs"] == 2
 
 
 def test_changed_study_config_refused(tmp_path, capsys):
