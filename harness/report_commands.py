@@ -30,6 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-figures", action="store_true", help="tables and pages only")
     p.add_argument("--no-curves", action="store_true",
                    help="skip the training-curve figures (they read the metric history)")
+    p.add_argument("--max-curve-groups", type=int, default=16, metavar="N",
+                   help="training curves show the N best settings of a study (default: 16)")
     p.set_defaults(func=run)
 
 
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             scale = value
     opts = ReportOptions(out=args.out, tracking_uri=args.tracking_uri, allow_mixed=args.allow_mixed,
                          scale=scale, study_scales=per_study, figures=not args.no_figures,
-                         curves=not args.no_curves)
+                         curves=not args.no_curves, max_curve_groups=args.max_curve_groups)
     command = "udabench report " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if (
         len(sys.argv) > 1 and sys.argv[1] == "report") else "udabench report " + " ".join(args.studies)
     start = time.perf_counter()
