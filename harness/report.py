@@ -70,12 +70,12 @@ class ReportOptions:
     allow_mixed: bool = False
     scale: str | None = None        # keep only runs tagged with this scale ...
     study_scales: dict[str, str] = field(default_factory=dict)  # ... or this one for a study
-
-    def scale_of(self, study: str) -> str | None:
-        return self.study_scales.get(study, self.scale)
     figures: bool = True
     curves: bool = True             # training curves need the metric history (one query per metric)
     max_curve_groups: int = 16      # training-curve figures show at most this many groups
+
+    def scale_of(self, study: str) -> str | None:
+        return self.study_scales.get(study, self.scale)
 
 
 @dataclass
@@ -83,12 +83,12 @@ class StudyData:
     """One study's finished runs in tidy form: one row per run, identity/axis/seed/metric columns."""
 
     name: str
-    runs: pd.DataFrame                       # tidy rows (metrics already in percent)
+    runs: pd.DataFrame                       # tidy rows: run_id, trial_id, identity, axes, seed, metrics
     axes: list[str]                          # ablation axes (varied, not implied by the identity)
     protocol: str                            # "19" | "16" | "13"
     metric: str                              # headline metric name
     classes: list[int]                       # class indices shown in the main table
-    excluded: dict[str, int] = field(default_factory=dict)  # run status -> count (not FINISHED)
+    excluded: dict[str, int] = field(default_factory=dict)  # why runs were left out -> count
     mixed: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # tag -> value -> trial ids
     provenance: dict[str, str] = field(default_factory=dict)
     description: str = ""
@@ -146,9 +146,8 @@ def load_runs(studies: Sequence[str] | None, tracking_uri: str) -> pd.DataFrame:
         return df
     names = {v: k for k, v in experiments.items()}
     df["study"] = df["experiment_id"].map(names)
-    if not studies:  # keep experiments that hold study runs (tag `study`)
-        has_tag = "tags.study" in df and df["tags.study"].notna()
-        df = df[has_tag] if not isinstance(has_tag, bool) else df.iloc[0:0]
+    if not studies:  # keep the runs of studies (tag `study`), not stray runs in other experiments
+        df = df[df["tags.study"].notna()] if "tags.study" in df else df.iloc[0:0]
     return df
 
 
@@ -176,9 +175,18 @@ def metric_history(run_ids: Sequence[str], keys: Iterable[str], tracking_uri: st
 # --------------------------------------------------------------------------------------------------
 # tidy form
 
-def _aux_label(row: pd.Series, aux_cols: dict[str, list[str]]) -> str:
-    tasks = [t for t, cols in aux_cols.items() if any(pd.notna(row[c]) for c in cols)]
-    return "+".join(sorted(tasks)) if tasks else NO_AUX
+def _aux_labels(df: pd.DataFrame) -> pd.Series:
+    """'mfm', 'mfm+mim' or 'none': the auxiliary tasks whose `method.aux.<task>.*` params a run has."""
+    tasks: dict[str, list[str]] = {}
+    for c in df.columns:
+        m = re.match(r"params\.method\.aux\.([^.]+)\.", c)
+        if m:
+            tasks.setdefault(m.group(1), []).append(c)
+    label = pd.Series("", index=df.index, dtype=object)
+    for task in sorted(tasks):
+        has = df[tasks[task]].notna().any(axis=1)
+        label = label.where(~has, label.map(lambda v: f"{v}+" if v else "") + task)
+    return label.replace("", NO_AUX)
 
 
 def _param(df: pd.DataFrame, key: str, default: str = MISSING) -> pd.Series:
@@ -296,12 +304,7 @@ def tidy(df: pd.DataFrame, study: str, opts: ReportOptions, selection: Selection
     out["trial_id"] = trial
     out["architecture"] = _param(df, "model.arch") + "/" + _param(df, "model.backbone")
     out["host"] = _param(df, "method.host")
-    aux_cols: dict[str, list[str]] = {}
-    for c in df.columns:
-        m = re.match(r"params\.method\.aux\.([^.]+)\.", c)
-        if m:
-            aux_cols.setdefault(m.group(1), []).append(c)
-    out["aux"] = df.apply(_aux_label, axis=1, aux_cols=aux_cols) if aux_cols else NO_AUX
+    out["aux"] = _aux_labels(df)
     seed = _param(df, "seed", default="")
     if (seed == "").all() and "tags.axis.seed" in df:
         seed = df["tags.axis.seed"].fillna("").astype(str)
