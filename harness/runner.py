@@ -282,7 +282,7 @@ def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
         "trial_name": _name(point), "git_commit": spec.git_commit, "git_dirty": spec.git_dirty,
         "device": str(pick_device(cfg.device)), "node_ip": ray.util.get_node_ip_address(),
         "study_file_hash": study.text_hash, **tracking.software_tags(),
-        **{f"axis.{k}": _fmt(v) for k, v in point.items()},
+        **{f"axis.{k}": str(v) for k, v in point.items()},  # exact (a sampled float in full)
     }
     data_hash = None
     with contextlib.suppress(Exception):  # data may be created by the run itself: tagged after it
@@ -328,12 +328,6 @@ def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
         raise
 
 
-def _fmt(v: Any) -> str:
-    from harness.study import _fmt_value
-
-    return _fmt_value(v)
-
-
 def _name(point: dict[str, Any]) -> str:
     from harness.study import _point_name
 
@@ -367,7 +361,7 @@ class Outcome:
 
 
 def _tuner(study: Study, spec: TrialSpec, trials: list[Trial] | None, results: Path, name: str,
-           restore: bool = False):
+           restore: bool = False, num_samples: int | None = None):
     from ray import tune
 
     resources = study.resources()
@@ -384,9 +378,10 @@ def _tuner(study: Study, spec: TrialSpec, trials: list[Trial] | None, results: P
         search_alg=searcher,
         metric=search.metric if search else "target_miou",
         mode=search.mode if search else "max",
-        num_samples=search.num_samples if search else 1,
+        num_samples=(num_samples or search.num_samples) if search else 1,
         max_concurrent_trials=study.spec.max_concurrent,
         trial_dirname_creator=_trial_dirname,
+        reuse_actors=True,  # a finished trial's process runs the next one: no second import of torch/timm
     )
     from ray.tune.logger import JsonLoggerCallback
 
@@ -432,6 +427,8 @@ def _sigterm_as_sigint() -> Iterator[None]:
 
 
 def _fit(tuner, study: Study, spec: TrialSpec, outcome: Outcome) -> Outcome:
+    """Run the tuner; then count from MLflow (the record of truth) what finished, failed or was cut
+    short, and close the runs of trials that cannot report any more."""
     from harness import tracking
 
     # we snapshot every 2 s on purpose (TUNE_GLOBAL_CHECKPOINT_S): Tune's "too frequent" warning is noise
@@ -441,20 +438,22 @@ def _fit(tuner, study: Study, spec: TrialSpec, outcome: Outcome) -> Outcome:
     runs = tracking.runs_by_trial(spec.tracking_uri, spec.experiment_id, spec.ray_experiment)
     for t in trials:
         run = runs.get(t.trial_id)
-        if t.status == "TERMINATED":
-            outcome.finished += 1
-        elif t.status == "ERROR":
-            outcome.errored += 1
-            err = _trial_error(t)
-            outcome.errors[_name(t.config.get("point", {}))] = err.strip().splitlines()[-1] if err else "error"
-            if run is not None and run.info.status != "FAILED":
-                tracking.mark_failed(spec.tracking_uri, run.info.run_id, err or "the trial's process died")
-        else:
-            outcome.interrupted = True
-            if run is not None and run.info.status == "RUNNING":
-                tracking.mark_failed(spec.tracking_uri, run.info.run_id,
-                                     "interrupted: the study driver stopped; `udabench study resume` "
-                                     "continues from the last checkpoint", status="KILLED")
+        if t.status == "ERROR" and run is not None and run.info.status != "FINISHED":
+            err = _trial_error(t) or "the trial's process died"
+            outcome.errors[_name(t.config.get("point", {}))] = err.strip().splitlines()[-1]
+            if run.info.status != "FAILED":
+                tracking.mark_failed(spec.tracking_uri, run.info.run_id, err)
+    runs = tracking.runs_by_trial(spec.tracking_uri, spec.experiment_id, spec.ray_experiment)
+    for run in runs.values():
+        if run.info.status == "RUNNING":  # the driver stopped before the trial ended
+            tracking.mark_failed(spec.tracking_uri, run.info.run_id,
+                                 "interrupted: the study driver stopped; `udabench study resume` continues "
+                                 "from the last checkpoint", status="KILLED")
+    states = [r.info.status for r in tracking.runs_by_trial(spec.tracking_uri, spec.experiment_id,
+                                                             spec.ray_experiment).values()]
+    outcome.finished = states.count("FINISHED")
+    outcome.errored = states.count("FAILED")
+    outcome.interrupted = outcome.finished + outcome.errored < outcome.planned
     return outcome
 
 
@@ -506,11 +505,12 @@ def run_study(study: Study, root: str | Path = ".", address: str | None = None, 
                 print(f"udabench: {outcome.skipped} of {len(trials)} trial(s) of '{study.name}' already "
                       f"finished in {uri}; skipped (--force runs them again)")
             trials = todo
+        outcome.planned = len(trials)  # this Tune experiment's trials
         if not trials:
             print(f"udabench: nothing to run for '{study.name}' at scale '{study.scale}'")
             return outcome
     else:
-        outcome.planned = study.spec.search.num_samples
+        outcome.planned = study.spec.search.num_samples if not cover else min(2, study.spec.search.num_samples)
 
     results = root / RESULTS_DIR
     name = f"{study.name}.{study.scale}.{time.strftime('%Y%m%d-%H%M%S')}"
@@ -521,12 +521,13 @@ def run_study(study: Study, root: str | Path = ".", address: str | None = None, 
         "study_file": str(study.path.resolve()), "study": study.name, "study_file_hash": study.text_hash,
         "scale": study.scale, "overrides": study.overrides, "cover": cover, "force": force,
         "tracking_uri": uri, "experiment_id": exp_id, "train_fn": train_fn,
-        "trials": [t.name for t in trials] if trials is not None else None,
+        "trials": [t.name for t in trials] if trials is not None else None, "planned": outcome.planned,
+        "resources": study.resources(),
     })
     spec = _spec(study, root, uri, exp_id, name, train_fn)
     with ray_session(root, address, num_cpus, num_gpus):
         _check_resources(study)
-        tuner = _tuner(study, spec, trials, results, name)
+        tuner = _tuner(study, spec, trials, results, name, num_samples=outcome.planned)
         return _fit(tuner, study, spec, outcome)
 
 
@@ -547,7 +548,7 @@ def resume_study(study_file: str | Path, root: str | Path = ".", scale: str | No
     from ray import tune
 
     from harness.cli import UsageError
-    from harness.study import StudyError
+    from harness.study import Resources, StudyError
 
     root = Path(root).resolve()
     probe = load_study(study_file, scale or "cpu")
@@ -569,8 +570,8 @@ def resume_study(study_file: str | Path, root: str | Path = ".", scale: str | No
                          num_cpus=num_cpus, num_gpus=num_gpus, train_fn=meta.get("train_fn", TRAIN_FN))
     spec = _spec(study, root, meta["tracking_uri"], meta["experiment_id"], path.name,
                  meta.get("train_fn", TRAIN_FN))
-    outcome.planned = len(meta["trials"]) if meta.get("trials") else (study.spec.search.num_samples
-                                                                      if study.spec.search else 0)
+    outcome.planned = meta["planned"]
+    study.spec.resources = Resources(**meta["resources"])
     with ray_session(root, address, num_cpus, num_gpus):
         _check_resources(study)
         tuner = _tuner(study, spec, None, path.parent, path.name, restore=True)

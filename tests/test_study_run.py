@@ -1,0 +1,266 @@
+"""Studies run for real: a local Ray (2 CPUs, one session shared by this module), the real training at
+smoke scale on the tiny synthetic set, and a real sqlite MLflow store. Checks the MLflow schema of
+ARCHITECTURE.md, skipping of finished trials, Optuna search, a failing trial, and interrupt + resume."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import tracking
+from harness.config import RunConfig
+from harness.labels import CLASSES
+from harness.study import load_study
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "studies" / "configs"
+GATE = "UDABENCH_TEST_GATE"  # a folder where the blocking train below waits
+TAGS = {"study", "trial_id", "git_commit", "git_dirty", "data_hash", "config_hash", "python", "torch", "cuda",
+        "device", "scale"}
+
+
+@pytest.fixture(scope="module")
+def ray_local(tmp_path_factory):
+    """One local Ray for the module (start/stop costs seconds); run_study uses it and leaves it up.
+    Workers can import this module (for the blocking train below): tests/ is on their PYTHONPATH."""
+    from harness.runner import ray_session
+
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", GATE)}
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent), saved["PYTHONPATH"]) if p)
+    os.environ[GATE] = str(tmp_path_factory.mktemp("gate"))
+    try:
+        with ray_session(tmp_path_factory.mktemp("ray"), num_cpus=2):
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def project(tmp_path, synth_root):
+    """A project folder: datasets/synthetic (the session's tiny set) and studies/."""
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "synthetic").symlink_to(synth_root)
+    (tmp_path / "studies").mkdir()
+    return tmp_path
+
+
+def write_study(project: Path, name: str, text: str) -> Path:
+    path = project / "studies" / f"{name}.yaml"
+    path.write_text(textwrap.dedent(text).replace("@CONFIGS@", str(CONFIGS)))
+    return path
+
+
+def runs_of(root: Path, study: str) -> list:
+    uri = tracking.default_tracking_uri(root)
+    exp = tracking.experiment_id(uri, study)
+    return tracking.search(uri, exp) if exp else []
+
+
+FOUR = """
+    description: four smoke trials on both architectures
+    config: @CONFIGS@/base.yaml
+    axes:
+      arch:
+        deeplabv2: {model.arch: deeplabv2, method.ema_alpha: 0.99}
+        daformer: {model.arch: daformer, method.ema_alpha: 0.999}
+    grid:
+      arch: [deeplabv2, daformer]
+      seed: [0, 1]
+    """
+
+
+def test_smoke_study_four_trials_both_architectures_tracked_in_mlflow(ray_local, project, monkeypatch):
+    from harness.runner import run_study
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = write_study(project, "four", FOUR)
+    study = load_study(path, "smoke")
+    out = run_study(study, project)
+    assert (out.planned, out.finished, out.errored, out.interrupted) == (4, 4, 0, False)
+
+    uri = tracking.default_tracking_uri(project)
+    client = tracking.client(uri)
+    runs = runs_of(project, "four")
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    by_hash = {t.hash: t for t in study.trials()}
+    assert {r.data.tags["config_hash"] for r in runs} == set(by_hash)
+    exp = client.get_experiment_by_name("four")
+    assert exp.artifact_location == (project / "mlruns" / "artifacts" / "four").resolve().as_uri()
+    for r in runs:
+        trial = by_hash[r.data.tags["config_hash"]]
+        tags = r.data.tags
+        assert TAGS <= set(tags), TAGS - set(tags)
+        assert tags["study"] == "four" and tags["scale"] == "smoke" and tags["device"] == "cpu"
+        assert tags["axis.arch"] == trial.point["arch"] and tags["axis.seed"] == str(trial.point["seed"])
+        assert len(tags["data_hash"]) == 16 and tags["git_commit"] != ""
+        assert r.info.run_name == trial.name
+        # params: the flattened resolved config
+        assert r.data.params == tracking.flatten(trial.config.to_dict())
+        assert r.data.params["model.arch"] == trial.point["arch"]
+        # metrics: every evaluation, step = iteration
+        history = client.get_metric_history(r.info.run_id, "target_miou")
+        assert [m.step for m in history] == [2, 4]
+        keys = set(r.data.metrics)
+        assert {"target_miou", "target_miou16", "target_miou13", "pixel_acc", "throughput", "step_time",
+                "peak_mem_mb", "iteration"} <= keys
+        assert {k for k in keys if k.startswith("loss/")} and 0 <= r.data.metrics["target_miou"] <= 100
+        # artifacts: the resolved config and the final per-class table
+        folder = Path(client.download_artifacts(r.info.run_id, "", str(project / "dl" / r.info.run_id)))
+        cfg = RunConfig.model_validate(yaml.safe_load((folder / "config.yaml").read_text()))
+        assert cfg.hash() == trial.hash
+        rows = (folder / "per_class.csv").read_text().splitlines()[1:]
+        assert [row.split(",")[1] for row in rows] == list(CLASSES)
+        for row in rows:
+            key = "iou/" + row.split(",")[1].replace(" ", "_")
+            value = r.data.metrics.get(key, math.nan)
+            assert (row.split(",")[2] == "") if math.isnan(value) else float(row.split(",")[2]) == pytest.approx(value, abs=1e-4)
+    assert (project / "ray_results" / out.ray_experiment / "udabench.json").is_file()
+
+    # again: every trial already finished -> nothing runs (Ray is not even asked)
+    again = run_study(load_study(path, "smoke"), project)
+    assert (again.skipped, again.ray_experiment, again.exit_code) == (4, None, 0)
+    assert len(runs_of(project, "four")) == 4
+
+    from harness.study_commands import status_rows
+
+    path.write_text(path.read_text().replace("seed: [0, 1]", "seed: [0, 1, 2]"))
+    rows = status_rows(load_study(path, "smoke"), project)
+    assert [(r["arch"], r["seed"], r["state"]) for r in rows] == [
+        (a, s, "FINISHED" if s < 2 else "pending") for a in ("deeplabv2", "daformer") for s in (0, 1, 2)]
+    assert all((r["best_target_miou"] is not None) == (r["state"] == "FINISHED") for r in rows)
+    status_demo = status_rows(load_study(path, "demo"), project)
+    assert {r["state"] for r in status_demo} == {"pending"}  # another scale: other configs
+
+
+def test_optuna_search_of_three_trials(ray_local, project):
+    from harness.runner import run_study
+
+    path = write_study(project, "search3", """
+        description: a small search
+        config: @CONFIGS@/daformer_mfm.yaml
+        set: {method.aux.mfm.options.preset: tiny}
+        search:
+          metric: target_miou
+          mode: max
+          num_samples: 3
+          seed: 0
+          params:
+            lambda: {type: loguniform, low: 0.1, high: 10.0}
+            mask_ratio: {type: uniform, low: 0.1, high: 0.9}
+        """)
+    out = run_study(load_study(path, "smoke"), project)
+    assert (out.planned, out.finished, out.errored) == (3, 3, 0)
+    runs = runs_of(project, "search3")
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    points = {(r.data.tags["axis.lambda"], r.data.tags["axis.mask_ratio"]) for r in runs}
+    assert len(points) == 3
+    for r in runs:
+        lam, ratio = float(r.data.tags["axis.lambda"]), float(r.data.tags["axis.mask_ratio"])
+        assert 0.1 <= lam <= 10 and 0.1 <= ratio <= 0.9
+        assert float(r.data.params["method.aux.mfm.weight"]) == pytest.approx(lam)
+        assert float(r.data.params["method.aux.mfm.options.mask_ratio"]) == pytest.approx(ratio)
+        assert "loss/mfm/ce" in r.data.metrics or any(k.startswith("loss/mfm") for k in r.data.metrics)
+
+
+def test_a_failing_trial_is_recorded_failed_while_the_others_finish(ray_local, project):
+    from harness.runner import run_study
+
+    path = write_study(project, "diverge", """
+        description: one trial diverges
+        config: @CONFIGS@/daformer.yaml
+        set: {method.host: source_only, data.rare_class_sampling: false}
+        max_failures: 0
+        grid:
+          lr: [0.0002, 1.0e+30]
+          seed: [0]
+        """)
+    study = load_study(path, "smoke", ["schedule.warmup=0", "schedule.iterations=6", "eval.interval=6"])
+    out = run_study(study, project)
+    assert (out.finished, out.errored, out.interrupted) == (1, 1, False)
+    assert list(out.errors) == ["lr=1e+30,seed=0"] and "TrainingDiverged" in out.errors["lr=1e+30,seed=0"]
+    runs = {r.data.tags["axis.lr"]: r for r in runs_of(project, "diverge")}
+    assert runs["0.0002"].info.status == "FINISHED"
+    failed = runs["1e+30"]
+    assert failed.info.status == "FAILED"
+    assert "TrainingDiverged: loss 'sup' is" in failed.data.tags["error"]
+    assert [a.path for a in tracking.client(tracking.default_tracking_uri(project)).list_artifacts(
+        failed.info.run_id)] == ["error.txt"]
+    assert out.exit_code == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# interrupt (Ctrl-C) and resume
+
+def blocking_train(cfg, on_eval=None, resume=None):
+    """The real training; seed 1 stops after its first evaluation while `<gate>/block` exists, so the
+    test can interrupt the study at a known point (imported by the Ray workers)."""
+    from harness.training import train
+
+    gate = Path(os.environ.get(GATE, "/nonexistent"))
+
+    def hook(iteration, metrics, folder):
+        on_eval(iteration, metrics, folder)
+        if cfg.seed == 1 and (gate / "block").exists():
+            (gate / "reached").touch()
+            deadline = time.monotonic() + 120
+            while (gate / "block").exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+    return train(cfg, on_eval=hook, resume=resume)
+
+
+def test_interrupted_study_resumes_and_keeps_finished_trials(ray_local, project):
+    from harness.runner import resume_study, run_study
+
+    gate = Path(os.environ[GATE])
+    path = write_study(project, "interrupt", """
+        description: two trials, one at a time
+        config: @CONFIGS@/daformer.yaml
+        max_concurrent: 1
+        grid:
+          seed: [0, 1]
+        """)
+    (gate / "block").touch()
+
+    def interrupt_when_blocked():
+        deadline = time.monotonic() + 240
+        while not (gate / "reached").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_blocked, daemon=True).start()
+    out = run_study(load_study(path, "smoke"), project, train_fn="test_study_run:blocking_train")
+    assert out.interrupted and out.finished == 1 and out.exit_code == 130
+    before = {r.data.tags["axis.seed"]: r for r in runs_of(project, "interrupt")}
+    assert before["0"].info.status == "FINISHED" and before["1"].info.status == "KILLED"
+
+    (gate / "block").unlink()
+    done = resume_study(path, project, "smoke")
+    assert (done.finished, done.errored, done.interrupted) == (2, 0, False)
+    after = {r.data.tags["axis.seed"]: r for r in runs_of(project, "interrupt")}
+    assert len(after) == 2 and {r.info.status for r in after.values()} == {"FINISHED"}
+    # the finished trial was kept as it was; the interrupted one continued from its checkpoint
+    assert after["0"].info.run_id == before["0"].info.run_id
+    assert after["0"].info.end_time == before["0"].info.end_time
+    assert after["1"].info.run_id == before["1"].info.run_id
+    assert after["1"].data.tags["resumed_from_checkpoint"] == "true" and after["1"].data.tags["attempt"] == "2"
+    client = tracking.client(tracking.default_tracking_uri(project))
+    assert [m.step for m in client.get_metric_history(after["1"].info.run_id, "target_miou")] == [2, 4]
+
+    # a seed added to the study: only the new trial runs
+    path.write_text(path.read_text().replace("seed: [0, 1]", "seed: [0, 1, 2]"))
+    more = run_study(load_study(path, "smoke"), project)
+    assert (more.skipped, more.planned, more.finished) == (2, 1, 1)
+    assert sorted(r.data.tags["axis.seed"] for r in runs_of(project, "interrupt")) == ["0", "1", "2"]
