@@ -445,8 +445,10 @@ def paired_gains(data: StudyData, metrics: Sequence[str]) -> pd.DataFrame:
     for key, grp in runs[runs["aux"] != NO_AUX].groupby(data.group_cols, sort=False, dropna=False):
         rec: dict[str, Any] = dict(zip(data.group_cols, key if isinstance(key, tuple) else (key,)))
         b = hosts.get((rec["architecture"], rec["host"]))
-        if b is None:
-            rows.append({**rec, "pairs": 0, "common_seeds": ""})
+        if b is None:  # no run of this host without an auxiliary task
+            rows.append({**rec, "pairs": 0, "common_seeds": "", **{
+                f"{m}:{k}": (0 if k == "gain_n" else np.nan)
+                for m in metrics for k in ("gain", "gain_std", "gain_n", "ci_low", "ci_high")}})
             continue
         a = grp.groupby("seed")[metrics].mean()
         common = a.index.intersection(b.index)
@@ -603,7 +605,9 @@ def main_table(data: StudyData, summary: pd.DataFrame, gains: pd.DataFrame) -> T
         gnum["ci_low"].append(g[f"{m}:ci_low"])
         gnum["ci_high"].append(g[f"{m}:ci_high"])
         gnum["pairs"].append(int(g[f"{m}:gain_n"]))
-    disp[col] = cells
+    has_host = bool((data.runs["aux"] == NO_AUX).any())
+    if has_host:
+        disp[col] = cells
     numeric = summary[[*data.group_cols, "runs", "seeds"]].copy()
     for m in [*class_metrics, *means]:
         for stat in ("mean", "std", "n"):
@@ -617,7 +621,7 @@ def main_table(data: StudyData, summary: pd.DataFrame, gains: pd.DataFrame) -> T
             f"absent from some runs' ground truth and predictions). Δ: paired "
             f"difference to the same architecture and host without an auxiliary task over their common "
             f"seeds, with a 95% t-interval.")
-    if not (data.runs["aux"] == NO_AUX).any():
+    if not has_host:
         note += (" This study has no runs of a host without an auxiliary task, so it shows no gains "
                  "(the main comparison study has them).")
     return Table("main", "Main comparison", disp, numeric, note, _labels(data))
@@ -625,7 +629,7 @@ def main_table(data: StudyData, summary: pd.DataFrame, gains: pd.DataFrame) -> T
 
 def gains_table(data: StudyData, gains: pd.DataFrame) -> Table:
     metrics = [data.metric] + (["target_miou13"] if data.protocol == "16" else [])
-    if gains.empty:
+    if gains.empty or not (data.runs["aux"] == NO_AUX).any():  # nothing to pair with
         return Table("gains", "Paired gain over the host", pd.DataFrame(), pd.DataFrame())
     disp = _label_frame(gains, data)
     disp["pairs"] = gains["pairs"].astype(int).astype(str)
@@ -634,7 +638,7 @@ def gains_table(data: StudyData, gains: pd.DataFrame) -> Table:
         if f"{m}:gain" not in gains:
             continue
         disp[f"Δ {METRIC_LABEL[m]}"] = [
-            gain_cell(r[f"{m}:gain"], r[f"{m}:ci_low"], r[f"{m}:ci_high"], int(r.get(f"{m}:gain_n", 0) or 0))
+            gain_cell(r[f"{m}:gain"], r[f"{m}:ci_low"], r[f"{m}:ci_high"], int(r[f"{m}:gain_n"]))
             for _, r in gains.iterrows()]
     unpaired = gains.get("seeds_only_aux", pd.Series("", gains.index)).fillna("")
     unpaired_h = gains.get("seeds_only_host", pd.Series("", gains.index)).fillna("")
@@ -655,10 +659,11 @@ def ablation_table(data: StudyData, summary: pd.DataFrame, gains: pd.DataFrame) 
     disp[METRIC_LABEL[m]] = [mean_std_cell(r[f"{m}:mean"], r[f"{m}:std"], int(r[f"{m}:n"]), int(r["runs"]))
                              for _, r in summary.iterrows()]
     lookup = _gain_lookup(gains, data)
-    disp["Δ vs host [95% CI]"] = [
-        gain_cell(g[f"{m}:gain"], g[f"{m}:ci_low"], g[f"{m}:ci_high"], int(g[f"{m}:gain_n"]))
-        if (g := lookup.get(tuple(r[c] for c in data.group_cols))) is not None and g.get("pairs")
-        else Cell("–", "--") for _, r in summary.iterrows()]
+    if (data.runs["aux"] == NO_AUX).any():
+        disp["Δ vs host [95% CI]"] = [
+            gain_cell(g[f"{m}:gain"], g[f"{m}:ci_low"], g[f"{m}:ci_high"], int(g[f"{m}:gain_n"]))
+            if (g := lookup.get(tuple(r[c] for c in data.group_cols))) is not None and g.get("pairs")
+            else Cell("–", "--") for _, r in summary.iterrows()]
     numeric = summary[[*data.group_cols, "runs", "seeds", f"{m}:mean", f"{m}:std", f"{m}:n"]].copy()
     axes = ", ".join(a[len("axis:"):] for a in data.axes)
     note = (f"{METRIC_LABEL[m]} (%) against the study's axes ({axes}); mean ± std over seeds. Host-only "
@@ -674,8 +679,9 @@ def cost_display(data: StudyData, cost: pd.DataFrame) -> Table:
     for m, label, digits in spec:
         disp[label] = [mean_std_cell(r[f"{m}:mean"], r[f"{m}:std"], int(r[f"{m}:n"]), int(r["runs"]), digits)
                        for _, r in cost.iterrows()]
-        disp[f"{label.split(' (')[0]} × host"] = [
-            "–" if np.isnan(r[f"{m}:ratio"]) else f"{r[f'{m}:ratio']:.2f}" for _, r in cost.iterrows()]
+        if (data.runs["aux"] == NO_AUX).any():
+            disp[f"{label.split(' (')[0]} × host"] = [
+                "–" if np.isnan(r[f"{m}:ratio"]) else f"{r[f'{m}:ratio']:.2f}" for _, r in cost.iterrows()]
     keep = [*data.group_cols, "runs", *(f"{m}:{s}" for m in COST_METRICS for s in ("mean", "std", "n", "ratio"))]
     note = ("Training cost per method: mean ± std over runs; '× host' is the ratio of means to the same "
             "architecture and host without an auxiliary task (timings depend on machine load).")
@@ -757,8 +763,10 @@ def fig_axis(data: StudyData, axis: str, folder: Path) -> tuple[str, str] | None
                       dodge=0.3 if on["method"].nunique() > 1 else False, ax=ax, capsize=0.1)
         kind = "points = mean over seeds, bars = ± 1 sd"
     base = runs[runs["aux"] == NO_AUX]
+    dashed = False
     for (arch, host), b in base.groupby(["architecture", "host"]):
         if ((on["architecture"] == arch) & (on["host"] == host)).any():
+            dashed = True
             ax.axhline(b[data.metric].mean(), ls="--", lw=1, color="gray")
             ax.annotate(f"{host} ({arch})", (0.01, b[data.metric].mean()), xycoords=("axes fraction", "data"),
                         fontsize=7, color="gray", va="bottom")
@@ -768,7 +776,7 @@ def fig_axis(data: StudyData, axis: str, folder: Path) -> tuple[str, str] | None
         ax.legend(fontsize=7, loc="best")
     fname = "miou_vs_" + re.sub(r"[^A-Za-z0-9_]+", "_", name)
     _save(fig, folder, fname)
-    return fname, f"{ylabel} against {name} ({kind}; dashed = host without auxiliary task)"
+    return fname, f"{ylabel} against {name} ({kind}" + ("; dashed = host without auxiliary task)" if dashed else ")")
 
 
 def fig_class_gains(data: StudyData, folder: Path) -> tuple[str, str] | None:
@@ -876,7 +884,7 @@ def page(data: StudyData, tables: list[Table], figures: list[tuple[str, str]], o
     desc = data.description or _study_description(data.name)
     if desc:
         lines += [desc, ""]
-    seeds = ", ".join(dict.fromkeys(runs["seed"]))
+    seeds = ", ".join(sorted(set(runs["seed"]), key=lambda v: (len(v), v)))
     excluded = ", ".join(f"{v} {k}" for k, v in data.excluded.items())
     lines += [
         f"Generated by `{command}` from {len(runs)} finished runs"
