@@ -7,6 +7,8 @@ the synthetic benchmark that are loaded before the clock starts (data loading is
 variant and is not what is compared). Each (repeat, architecture, variant) runs in a fresh process
 with one torch thread, so peak RSS (`ru_maxrss`, a per-process high-water mark) belongs to that
 variant alone; repeats are interleaved so slow drift on the shared machine hits every variant alike.
+Step cost is reported as CPU time of the (single-threaded) process, which other load on the machine
+does not inflate, and as wall time, which it does.
 
     .venv/bin/python benchmarks/bench_aux.py --size 128 --batch 2 --steps 8 --repeats 3
 
@@ -100,17 +102,19 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                 default_collate([trainer.target_stream[k * b + i] for i in range(b)])) for k in range(n)]
     base = rss_mb()
     sums: dict[str, float] = defaultdict(float)
-    times = []
+    times, cpu_times = [], []
     for k, (src, tgt) in enumerate(batches):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         trainer.step(src, tgt, sums)
         trainer.iteration += 1
         if k >= args.warmup:
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "arch": args.arch, "backbone": ARCHS[args.arch], "variant": args.variant,
         "step_times": times, "step_time": statistics.median(times),
+        "step_cpu_times": cpu_times, "step_cpu_time": statistics.median(cpu_times),
         "peak_rss_mb": peak, "rss_before_steps_mb": base,
         "model_params": sum(p.numel() for p in trainer.model.parameters()),
         "aux_params": sum(p.numel() for p in trainer.aux.parameters()),
@@ -136,15 +140,18 @@ def summarise(results: list[dict[str, Any]], archs: list[str], variants: list[st
     rows = []
     for arch in archs:
         base_t = statistics.median(of(arch, "dacs", "step_time"))
+        base_c = statistics.median(of(arch, "dacs", "step_cpu_time"))
         base_m = statistics.median(of(arch, "dacs", "peak_rss_mb"))
         for v in variants:
-            t, m = of(arch, v, "step_time"), of(arch, v, "peak_rss_mb")
+            t, c, m = of(arch, v, "step_time"), of(arch, v, "step_cpu_time"), of(arch, v, "peak_rss_mb")
             aux = of(arch, v, "aux_params")
             rows.append({
                 "arch": arch, "backbone": ARCHS[arch], "variant": v, "repeats": len(t),
                 "aux_params_m": aux[0] / 1e6, "model_params_m": of(arch, v, "model_params")[0] / 1e6,
                 "step_ms": 1000 * statistics.median(t), "step_ms_min": 1000 * min(t),
                 "step_ms_max": 1000 * max(t), "step_ratio": statistics.median(t) / base_t,
+                "cpu_ms": 1000 * statistics.median(c), "cpu_ms_min": 1000 * min(c),
+                "cpu_ms_max": 1000 * max(c), "cpu_ratio": statistics.median(c) / base_c,
                 "peak_rss_mb": statistics.median(m), "peak_ratio": statistics.median(m) / base_m,
                 "peak_extra_mb": statistics.median(m) - base_m,
             })
@@ -152,12 +159,13 @@ def summarise(results: list[dict[str, Any]], archs: list[str], variants: list[st
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| architecture | variant | aux params (M) | step (ms), median [min-max] | x dacs "
-             "| peak RSS (MiB) | x dacs | extra (MiB) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| architecture | variant | aux params (M) | step CPU time (ms), median [min-max] | x dacs "
+             "| step wall time (ms), median [min-max] | x dacs | peak RSS (MiB) | x dacs | extra (MiB) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
             f"| {r['arch']}/{r['backbone']} | {r['variant']} | {r['aux_params_m']:.2f} | "
+            f"{r['cpu_ms']:.0f} [{r['cpu_ms_min']:.0f}-{r['cpu_ms_max']:.0f}] | {r['cpu_ratio']:.2f} | "
             f"{r['step_ms']:.0f} [{r['step_ms_min']:.0f}-{r['step_ms_max']:.0f}] | {r['step_ratio']:.2f} | "
             f"{r['peak_rss_mb']:.0f} | {r['peak_ratio']:.2f} | {r['peak_extra_mb']:+.0f} |")
     return "\n".join(lines)
@@ -197,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                 r = run_one(args, arch, v, data_root)
                 r["repeat"] = rep
                 results.append(r)
-                print(f"[{rep + 1}/{args.repeats}] {arch:9s} {v:18s} {1000 * r['step_time']:7.0f} ms/step "
-                      f"{r['peak_rss_mb']:6.0f} MiB", file=sys.stderr)
+                print(f"[{rep + 1}/{args.repeats}] {arch:9s} {v:18s} {1000 * r['step_cpu_time']:7.0f} ms CPU "
+                      f"{1000 * r['step_time']:7.0f} ms wall {r['peak_rss_mb']:6.0f} MiB", file=sys.stderr)
     rows = summarise(results, args.archs, variants)
     table = markdown(rows)
     print(table)
