@@ -563,8 +563,17 @@ def _label_frame(df: pd.DataFrame, data: StudyData) -> pd.DataFrame:
     out["host"] = df["host"]
     out["aux task"] = df["aux"].map(lambda a: "–" if a == NO_AUX else a)
     for a in data.axes:
-        out[a[len("axis:"):]] = df[a]
+        out[a[len("axis:"):]] = df[a].map(_short)
     return out
+
+
+def _short(value: str) -> str:
+    """An axis value for display: a sampled float such as 1.252065381499947 as 1.252."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return f"{number:.4g}" if len(value) > 6 and "." in value else value
 
 
 def _labels(data: StudyData) -> list[str]:
@@ -698,7 +707,7 @@ def _label(df: pd.DataFrame, cols: Sequence[str], arch: bool = True) -> pd.Serie
     if arch:
         out = df["architecture"] + " · " + out
     for c in cols:
-        out = out + df[c].map(lambda v, c=c: "" if v == "–" else f" · {c[len('axis:'):]}={v}")
+        out = out + df[c].map(lambda v, c=c: "" if v == "–" else f" · {c[len('axis:'):]}={_short(v)}")
     return out
 
 
@@ -895,6 +904,9 @@ def page(data: StudyData, tables: list[Table], figures: list[tuple[str, str]], o
         lines += ["> **Mixed runs (`--allow-mixed`)**: this page combines runs that differ in "
                   + "; ".join(f"`{t}` ({', '.join(f'{v}: {len(ids)} runs' for v, ids in g.items())})"
                               for t, g in data.mixed.items()) + ".", ""]
+    if "true" in data.provenance.get("git_dirty", ""):
+        lines += ["> **Uncommitted code**: some runs were made from a checkout with uncommitted changes "
+                  "(`git_dirty`), so `git_commit` does not pin down their code.", ""]
     for t in tables:
         if t.display.empty:
             continue
