@@ -120,7 +120,7 @@ def marked_processes(mark: str | None = None) -> dict[int, str]:
         for item in env.split(b"\0"):
             if item.startswith(key):
                 value = item[len(key):].decode(errors="replace")
-                if mark is None or value == mark:
+                if (mark is None or value == mark) and not _zombie(int(d.name)):
                     found[int(d.name)] = value
                 break
     return found
@@ -211,7 +211,7 @@ def ray_session(root: str | Path = ".", address: str | None = None, num_cpus: in
         ray.shutdown()
         if mark is not None:  # agents exit shortly after the raylet; never leave one behind
             deadline = time.monotonic() + 10
-            while (left := [p for p in marked_processes(mark) if not _zombie(p)]) and time.monotonic() < deadline:
+            while (left := list(marked_processes(mark))) and time.monotonic() < deadline:
                 time.sleep(0.2)
             if left:
                 _terminate(left)
@@ -263,7 +263,6 @@ def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
     """One study trial (runs in a Ray worker)."""
     import shutil
 
-    import ray
     from ray import tune
 
     from harness import tracking
@@ -280,7 +279,7 @@ def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
     tags = {
         "study": study.name, "scale": study.scale, "config_hash": cfg.hash(),
         "trial_name": _name(point), "git_commit": spec.git_commit, "git_dirty": spec.git_dirty,
-        "device": str(pick_device(cfg.device)), "node_ip": ray.util.get_node_ip_address(),
+        "device": str(pick_device(cfg.device)), **_node_tags(),
         "study_file_hash": study.text_hash, **tracking.software_tags(),
         **{f"axis.{k}": str(v) for k, v in point.items()},  # exact (a sampled float in full)
     }
@@ -326,6 +325,16 @@ def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
     except BaseException:
         run.fail(traceback.format_exc())
         raise
+
+
+def _node_tags() -> dict[str, str]:
+    """The Ray node this trial runs on: its id and address (as the cluster knows them)."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id),
+              ray.util.get_node_ip_address())
+    return {"node_id": node_id, "node_ip": ip}
 
 
 def _name(point: dict[str, Any]) -> str:

@@ -9,7 +9,8 @@ One run per trial, in the experiment named after the study (the schema in ARCHIT
 - metrics: every evaluation's metrics (`target_miou`, `iou/<class>`, `loss/<name>`, `throughput`, ...)
   with step = iteration;
 - tags: `study`, `trial_id`, `axis.<name>`, `git_commit`, `git_dirty`, `data_hash`, `config_hash`,
-  `python`, `torch`, `cuda`, `device`, `scale`; also `trial_name`, `ray_experiment`, `node_ip`, and
+  `python`, `torch`, `cuda`, `device`, `scale`; also `trial_name`, `ray_experiment`, `node_id`, `node_ip`,
+  `attempt`, `resumed_from_checkpoint`, `study_file_hash`, and
   `error` on a failed run;
 - artifacts: `config.yaml` (the resolved config) and `per_class.csv` (the final per-class IoU).
 """
