@@ -290,6 +290,8 @@ class Trainer:
         self.host.after_optimizer_step(it)
         for task in self.aux.values():
             task.after_optimizer_step(ctx)
+        for key, value in ctx.stats.items():
+            sums[f"stat/{key}"] += value
 
     # -- evaluation ----------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -340,12 +342,14 @@ class Trainer:
                 bar.update(1)
                 if steps % cfg.log_interval == 0 or self.iteration == total:
                     elapsed = time.perf_counter() - t_start
-                    bar.set_postfix(loss=f"{sum(sums.values()) / steps:.3f}",
+                    loss = sum(v for k, v in sums.items() if not k.startswith("stat/"))
+                    bar.set_postfix(loss=f"{loss / steps:.3f}",
                                     img_s=f"{2 * bs * steps / elapsed:.1f}")
                 if self.iteration % cfg.eval.interval == 0 or self.iteration == total:
                     elapsed = time.perf_counter() - t_start
                     metrics = self.evaluate()
-                    metrics.update({f"loss/{k}": v / steps for k, v in sums.items()})
+                    metrics.update({(k if k.startswith("stat/") else f"loss/{k}"): v / steps
+                                    for k, v in sums.items()})
                     metrics.update({
                         "iteration": float(self.iteration),
                         "step_time": elapsed / steps,

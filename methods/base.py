@@ -41,6 +41,7 @@ class StepContext:
     mean: torch.Tensor | None = None     # 1x3x1x1 normalisation, 0-255 units
     std: torch.Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)  # logged as `stat/<name>` (mean per eval)
 
 
 class HostMethod(nn.Module):

@@ -94,6 +94,7 @@ class DACS(HostMethod):
         ctx.teacher = self.teacher
         ctx.pseudo_label, ctx.pseudo_weight = self.pseudo_label(ctx.target_image)
         ctx.augment = self.augment(ctx)
+        ctx.stats["pseudo_weight"] = float(ctx.pseudo_weight.flatten()[0])
         # 3. ClassMix (source pixels keep their label and weight 1) and 4. strong augmentation
         if self.cfg.mix == "classmix":
             mask = class_mix_masks(ctx.source_label)
