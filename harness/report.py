@@ -1057,10 +1057,9 @@ def build_reports(studies: Sequence[str] | None, opts: ReportOptions, command: s
     if not names:
         raise ReportError(f"no study runs in {uri} (run `udabench study run ...` first)")
     prepared = [tidy(df[df["study"] == s] if not df.empty else df, s, opts, selections.get(s)) for s in names]
-    pages, entries = [], {}
+    pages = []
     for data in prepared:
         folder, entry = write_study(data, opts, command)
+        write_metrics(Path(opts.out), {data.name: entry})  # the page and its headline numbers together
         pages.append(folder / "README.md")
-        entries[data.name] = entry
-    write_metrics(Path(opts.out), entries)
     return pages
