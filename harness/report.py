@@ -747,14 +747,16 @@ def fig_axis(data: StudyData, axis: str, folder: Path) -> tuple[str, str] | None
     ylabel = f"target {METRIC_LABEL[data.metric]} (%)"
     fig, ax = plt.subplots(figsize=(6, 3.6))
     num = pd.to_numeric(on[axis], errors="coerce")
-    many = on[axis].nunique() > 8 or on["method"].nunique() > 8  # a search: points, not lines
+    # a search (every run its own setting) or a long list of settings: points, not lines
+    many = (on[axis].nunique() > 8 or on["method"].nunique() > 8
+            or (bool(others) and on["method"].nunique() == len(on)))
     if num.notna().all() and many:
         on["x"] = num
         numeric_others = [a for a in others if pd.to_numeric(on[a], errors="coerce").notna().all()]
         hue = None
         if numeric_others:
             hue = numeric_others[0][len("axis:"):]
-            on[hue] = pd.to_numeric(on[numeric_others[0]])
+            on[hue] = pd.to_numeric(on[numeric_others[0]]).round(4)
         sns.scatterplot(data=on, x="x", y=data.metric, hue=hue, palette="viridis" if hue else None,
                         style="architecture" if on["architecture"].nunique() > 1 else None, ax=ax)
         if num.min() > 0 and num.max() / num.min() >= 20:
@@ -768,8 +770,10 @@ def fig_axis(data: StudyData, axis: str, folder: Path) -> tuple[str, str] | None
         if on.groupby(axis)["method"].nunique().max() == 1:  # the axis names the method (task=mic)
             on["method"] = _label(on.assign(aux=NO_AUX), others)
         order = list(_sort(on, [axis])[axis].drop_duplicates())
+        ordered = all(v in KNOWN_ORDER for v in order)  # sizes: a line; names (task=mic): no line
         sns.pointplot(data=on, x=axis, y=data.metric, hue="method", errorbar="sd", order=order,
-                      dodge=0.3 if on["method"].nunique() > 1 else False, ax=ax, capsize=0.1)
+                      dodge=0.3 if on["method"].nunique() > 1 else False, ax=ax, capsize=0.1,
+                      linestyle="-" if ordered else "none")
         kind = "points = mean over seeds, bars = ± 1 sd"
     base = runs[runs["aux"] == NO_AUX]
     dashed = False
@@ -781,8 +785,8 @@ def fig_axis(data: StudyData, axis: str, folder: Path) -> tuple[str, str] | None
                         fontsize=7, color="gray", va="bottom")
     ax.set_xlabel(name)
     ax.set_ylabel(ylabel)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best")
+    if ax.get_legend() is not None:
+        sns.move_legend(ax, "best", fontsize=7, title_fontsize=7)
     fname = "miou_vs_" + re.sub(r"[^A-Za-z0-9_]+", "_", name)
     _save(fig, folder, fname)
     return fname, f"{ylabel} against {name} ({kind}" + ("; dashed = host without auxiliary task)" if dashed else ")")
