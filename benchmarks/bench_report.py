@@ -6,7 +6,8 @@ batches through the MLflow client), then times the real command in a fresh proce
 
     .venv/bin/python benchmarks/bench_report.py --runs 1000 --studies 4
 
-The store is kept under --workdir (default /tmp/udabench-bench-report) and reused when it already
+Prints wall time and CPU time (user + system of the report process: robust to other load on a shared
+machine) per report, and the load average. The store is kept under --workdir (default /tmp/udabench-bench-report) and reused when it already
 holds the requested runs, so only the first call pays for filling it. `fill_store` is also what the
 report tests use for cases real study runs cannot produce cheaply (e.g. mixed data hashes).
 """
@@ -17,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -190,13 +192,18 @@ def main() -> None:
     out = args.workdir / "reports"
     cmd = [str(Path(sys.executable).parent / "udabench"), "report", *names, "--tracking-uri", uri,
            "--out", str(out)]
-    times = []
+    times, cpu = [], []
     for _ in range(args.repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ})
         times.append(time.perf_counter() - t0)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     result = {"runs": args.runs, "studies": args.studies, "evals_per_run": args.evals,
               "report_s": [round(t, 2) for t in times], "report_s_median": round(float(np.median(times)), 2),
+              "report_cpu_s_median": round(float(np.median(cpu)), 2),
+              "load_average_1min": round(os.getloadavg()[0], 2),
               "fill_s": None if fill_s is None else round(fill_s, 1), "command": " ".join(cmd),
               "cpus": os.cpu_count()}
     print(json.dumps(result, indent=2))
