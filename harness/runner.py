@@ -437,12 +437,21 @@ def _sigterm_as_sigint() -> Iterator[None]:
 
 def _fit(tuner, study: Study, spec: TrialSpec, outcome: Outcome) -> Outcome:
     """Run the tuner; then count from MLflow (the record of truth) what finished, failed or was cut
-    short, and close the runs of trials that cannot report any more."""
+    short, and close the runs of trials that cannot report any more (also after a second Ctrl-C)."""
+
+    results = None
+    try:
+        # we snapshot every 2 s on purpose (TUNE_GLOBAL_CHECKPOINT_S): Tune's "too frequent" warning is noise
+        with _sigterm_as_sigint(), _environ({"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}):
+            results = tuner.fit()
+    finally:
+        _close_runs(results, spec, outcome)
+    return outcome
+
+
+def _close_runs(results, spec: TrialSpec, outcome: Outcome) -> None:
     from harness import tracking
 
-    # we snapshot every 2 s on purpose (TUNE_GLOBAL_CHECKPOINT_S): Tune's "too frequent" warning is noise
-    with _sigterm_as_sigint(), _environ({"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}):
-        results = tuner.fit()
     trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
     runs = tracking.runs_by_trial(spec.tracking_uri, spec.experiment_id, spec.ray_experiment)
     for t in trials:
@@ -462,8 +471,7 @@ def _fit(tuner, study: Study, spec: TrialSpec, outcome: Outcome) -> Outcome:
                                                              spec.ray_experiment).values()]
     outcome.finished = states.count("FINISHED")
     outcome.errored = states.count("FAILED")
-    outcome.interrupted = outcome.finished + outcome.errored < outcome.planned
-    return outcome
+    outcome.interrupted = results is None or outcome.finished + outcome.errored < outcome.planned
 
 
 def _trial_error(trial) -> str:
@@ -492,6 +500,32 @@ def _write_meta(path: Path, meta: dict[str, Any]) -> None:
     os.replace(tmp, path / META_FILE)
 
 
+def check_data(configs: list[RunConfig], root: str | Path) -> None:
+    """Every dataset the trials read, checked before Ray starts or the tracking store is touched: its
+    listing (each image paired with its label) and every PNG in it complete (ends with IEND). Bad data
+    is a usage error naming the file, not a study of failed trials."""
+    from harness.cli import UsageError
+    from harness.data.dataset import build_dataset
+    from harness.data.io import DataError, _png_truncated
+    from harness.registry import UnknownNameError
+
+    seen: set[str] = set()
+    for cfg in configs:
+        data = absolutize(cfg, root, Path(root), 1).data
+        for split in ("source", "target", "val"):
+            ds = getattr(data, split)
+            if (key := ds.model_dump_json()) in seen:
+                continue
+            seen.add(key)
+            try:
+                for s in build_dataset(ds).samples:
+                    for path in (s.image, s.label):
+                        if path.suffix.lower() == ".png" and _png_truncated(path):
+                            raise DataError(f"{path}: truncated PNG (the file does not end with an IEND chunk)")
+            except (DataError, UnknownNameError) as e:
+                raise UsageError(f"{cfg.name}: data.{split}: {e}") from None
+
+
 def run_study(study: Study, root: str | Path = ".", address: str | None = None, force: bool = False,
               cover: bool = False, num_cpus: int | None = None, num_gpus: int | None = None,
               train_fn: str = TRAIN_FN) -> Outcome:
@@ -502,12 +536,12 @@ def run_study(study: Study, root: str | Path = ".", address: str | None = None, 
     uri = tracking.tracking_uri(root)
     outcome = Outcome(study=study.name)
     trials: list[Trial] | None = None
-    exp_id = tracking.ensure_experiment(uri, study.name, root)
     if not study.is_search:
         trials = study.trials(cover=cover)
         outcome.planned = len(trials)
         if not force:
-            done = tracking.finished_hashes(uri, exp_id)
+            known = tracking.experiment_id(uri, study.name) if tracking.store_exists(uri) else None
+            done = tracking.finished_hashes(uri, known) if known else set()
             todo = [t for t in trials if t.hash not in done]
             outcome.skipped = len(trials) - len(todo)
             if outcome.skipped:
@@ -521,21 +555,23 @@ def run_study(study: Study, root: str | Path = ".", address: str | None = None, 
     else:
         outcome.planned = study.spec.search.num_samples if not cover else min(2, study.spec.search.num_samples)
 
+    check_data([t.config for t in trials] if trials is not None else [study.resolve({})], root)
     results = root / RESULTS_DIR
     name = f"{study.name}.{study.scale}.{time.strftime('%Y%m%d-%H%M%S')}"
     while (results / name).exists():
         name += "x"
-    outcome.ray_experiment, outcome.path = name, results / name
-    _write_meta(results / name, {
-        "study_file": str(study.path.resolve()), "study": study.name, "study_file_hash": study.text_hash,
-        "scale": study.scale, "overrides": study.overrides, "cover": cover, "force": force,
-        "tracking_uri": uri, "experiment_id": exp_id, "train_fn": train_fn,
-        "trials": [t.name for t in trials] if trials is not None else None, "planned": outcome.planned,
-        "resources": study.resources(),
-    })
-    spec = _spec(study, root, uri, exp_id, name, train_fn)
     with ray_session(root, address, num_cpus, num_gpus):
-        _check_resources(study)
+        _check_resources(study)  # before anything is written
+        exp_id = tracking.ensure_experiment(uri, study.name, root)
+        outcome.ray_experiment, outcome.path = name, results / name
+        _write_meta(results / name, {
+            "study_file": str(study.path.resolve()), "study": study.name, "study_file_hash": study.text_hash,
+            "scale": study.scale, "overrides": study.overrides, "cover": cover, "force": force,
+            "tracking_uri": uri, "experiment_id": exp_id, "train_fn": train_fn,
+            "trials": [t.name for t in trials] if trials is not None else None, "planned": outcome.planned,
+            "resources": study.resources(),
+        })
+        spec = _spec(study, root, uri, exp_id, name, train_fn)
         tuner = _tuner(study, spec, trials, results, name, num_samples=outcome.planned)
         return _fit(tuner, study, spec, outcome)
 

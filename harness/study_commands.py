@@ -47,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a config field in every trial (repeatable)")
     r.add_argument("--force", action="store_true", help="run trials that already finished again")
     r.add_argument("--cover", action="store_true",
-                   help="run only a few trials in which every axis value appears at least once")
+                   help="a quick check: only a few grid trials in which every axis value appears at least "
+                        "once (a search: 2 samples)")
     r.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default: study file, then scale)")
     r.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (default: study file, then scale)")
     r.set_defaults(func=cmd_run)
@@ -110,6 +111,12 @@ def _load(args: argparse.Namespace, scale: str):
 
     study = load_study(args.study, scale, getattr(args, "overrides", None))
     cpu, gpu = getattr(args, "cpus_per_trial", None), getattr(args, "gpus_per_trial", None)
+    from harness.cli import UsageError
+
+    if cpu is not None and not cpu > 0:
+        raise UsageError(f"--cpus-per-trial: expected a number > 0, got {cpu:g}")
+    if gpu is not None and not gpu >= 0:
+        raise UsageError(f"--gpus-per-trial: expected a number >= 0, got {gpu:g}")
     if cpu is not None or gpu is not None:
         r = study.resources()
         study.spec.resources = Resources(cpu=r["cpu"] if cpu is None else cpu, gpu=r["gpu"] if gpu is None else gpu)
@@ -155,7 +162,7 @@ def status_rows(study, root: str = ".") -> list[dict[str, Any]]:
     from harness import tracking
 
     uri = tracking.tracking_uri(root)
-    exp = tracking.experiment_id(uri, study.name) if _store_exists(uri) else None
+    exp = tracking.experiment_id(uri, study.name) if tracking.store_exists(uri) else None
     runs = tracking.search(uri, exp, f"tags.scale = '{study.scale}'") if exp else []
     rank = {"FINISHED": 3, "RUNNING": 2, "FAILED": 1, "KILLED": 0}
 
@@ -180,14 +187,6 @@ def status_rows(study, root: str = ".") -> list[dict[str, Any]]:
                                                                           cur.info.start_time):
             best[h] = r
     return [row(t.point, best.get(t.hash)) for t in study.trials()]
-
-
-def _store_exists(uri: str) -> bool:
-    from pathlib import Path
-
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).is_file()
-    return True
 
 
 def cmd_status(args: argparse.Namespace) -> int:

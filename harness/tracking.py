@@ -236,6 +236,13 @@ def search(uri: str, experiment_id: str, filter_string: str = "") -> list:
             return runs
 
 
+def store_exists(uri: str) -> bool:
+    """False for an embedded sqlite store that was never created (a server always exists)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).is_file()
+    return True
+
+
 def experiment_id(uri: str, name: str) -> str | None:
     exp = client(uri).get_experiment_by_name(name)
     return None if exp is None or exp.lifecycle_stage == "deleted" else exp.experiment_id

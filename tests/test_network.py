@@ -242,7 +242,7 @@ def test_sigterm_stops_the_study_gracefully_and_leaves_no_process(project):
         proc.wait(timeout=120)
         out = log.read_text()
         assert proc.returncode == 130, out[-3000:]
-        assert "`udabench study resume` continues" in out
+        assert "`udabench study resume` continues" in out, out[-3000:]
         left = wait_gone(token)
         assert left == [], f"Ray processes left running: {left}"
     finally:
@@ -250,7 +250,7 @@ def test_sigterm_stops_the_study_gracefully_and_leaves_no_process(project):
             proc.kill()
         kill_marked(token)
     states = sorted(x.info.status for x in runs(project, "term"))
-    assert "RUNNING" not in states and ("KILLED" in states or states == ["FINISHED", "FINISHED"])
+    assert "RUNNING" not in states and "KILLED" in states, (states, log.read_text()[-3000:])
     meta = json.loads(next((project / "ray_results").glob("term.smoke.*/udabench.json")).read_text())
     assert meta["scale"] == "smoke" and meta["planned"] == 2
 

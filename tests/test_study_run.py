@@ -264,3 +264,26 @@ def test_interrupted_study_resumes_and_keeps_finished_trials(ray_local, project)
     more = run_study(load_study(path, "smoke"), project)
     assert (more.skipped, more.planned, more.finished) == (2, 1, 1)
     assert sorted(r.data.tags["axis.seed"] for r in runs_of(project, "interrupt")) == ["0", "1", "2"]
+
+
+# --------------------------------------------------------------------------------------------------
+# every shipped study, at smoke scale (lightning-hydra-template style: slow)
+
+SHIPPED = sorted((REPO / "studies").glob("*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_study_runs_at_smoke_scale(ray_local, project, path):
+    from harness.runner import run_study
+
+    study = load_study(path, "smoke")
+    started = time.monotonic()
+    out = run_study(study, project)
+    elapsed = time.monotonic() - started
+    n = study.spec.search.num_samples if study.is_search else len(study.trials())
+    assert (out.planned, out.finished, out.errored, out.interrupted) == (n, n, 0, False)
+    runs = runs_of(project, study.name)
+    assert len(runs) == n and {r.info.status for r in runs} == {"FINISHED"}
+    assert all(0 <= r.data.metrics["target_miou"] <= 100 for r in runs)
+    print(f"\n{path.name}: {n} trials at smoke scale in {elapsed:.0f} s (shared Ray, 2 CPUs)")
