@@ -17,8 +17,11 @@ def register(subparsers) -> None:
         "report", help="build tables, figures and pages for studies from their MLflow runs",
         description="Read the finished runs of each STUDY (an MLflow experiment; default: every study "
                     "in the store) and write reports/<study>/README.md with Markdown, LaTeX and CSV "
-                    "tables and seaborn figures, plus reports/metrics.json for DVC.")
-    p.add_argument("studies", nargs="*", metavar="STUDY", help="study names (default: all)")
+                    "tables and seaborn figures, plus reports/metrics.json for DVC. Runs of different "
+                    "data, code, scale or config are refused unless --allow-mixed.")
+    p.add_argument("studies", nargs="*", metavar="STUDY",
+                   help="a study name (every run of its MLflow experiment) or a study file "
+                        "(studies/x.yaml: only the runs of its current trials); default: every study")
     p.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports)")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the project's store)")
