@@ -70,5 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # `python -m harness.cli`: run the imported module's main, so that the
+    from harness.cli import main as _main  # UsageError that other modules raise is the one caught here
+
+    raise SystemExit(_main())
