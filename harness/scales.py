@@ -5,9 +5,16 @@
 - cpu:   the synthetic benchmark in full on two CPU cores (the calibrated domain gap).
 - paper: real datasets, 40k iterations, 512 crops, a GPU (validated here, never run).
 
-A preset is a config overlay (merged under `--set` overrides) plus the backbone and head options each
-architecture uses at that scale, so a study that varies `model.arch` gets a sensible model at every
-scale, and the Ray resources a study trial asks for by default (a study file may set its own).
+A preset is a config overlay (merged under the trial's axes and `--set` overrides) plus, per
+architecture, the backbone and any recipe difference at that scale (`arch_overlay`), so a study that
+varies `model.arch` gets a sensible model at every scale; and the Ray resources a study trial asks for
+by default (a study file may set its own).
+
+The small scales differ from the paper recipe where a short CPU schedule from random initialisation
+needs it, and say so here: images at half the generated size (128x64, whole images), learning rate
+1e-3 instead of 6e-5 (no ImageNet pre-training), EMA alpha 0.99 for every architecture (0.999 averages
+over ~1000 iterations, longer than the schedule), DeepLab-v2 at output stride 16, rare-class sampling's
+pixel threshold scaled to the image area, and DAFormer/SegFormer heads 64 wide instead of 256/768.
 """
 
 from __future__ import annotations
@@ -18,11 +25,21 @@ from typing import Any
 from harness.config import ConfigError, deep_merge
 from harness.registry import closest
 
+_SYNTH_HALF = {  # the synthetic benchmark (256x128) at half size, whole images
+    "source": {"resize": [128, 64]}, "target": {"resize": [128, 64]}, "val": {"resize": [128, 64]},
+    "crop": [64, 128], "batch_size": 2, "rcs_min_pixels": 375,
+}
+_SMALL_ARCHS = {
+    "deeplabv2": {"model": {"backbone": "resnet18", "options": {"output_stride": 16}}},
+    "daformer": {"model": {"backbone": "pvt_v2_b0", "options": {"embed_dim": 64}}},
+    "segformer": {"model": {"backbone": "pvt_v2_b0", "options": {"embed_dim": 64}}},
+}
+_SHORT_SCHEDULE = {"optim": {"lr": 1e-3}, "method": {"ema_alpha": 0.99}, "threads": 1}
+
 SCALES: dict[str, dict[str, Any]] = {
     "smoke": {
         "resources": {"cpu": 1, "gpu": 0},
-        "backbones": {"deeplabv2": "resnet18", "daformer": "pvt_v2_b0", "segformer": "pvt_v2_b0"},
-        "arch_options": {"daformer": {"embed_dim": 64}, "segformer": {"embed_dim": 64}},
+        "arch_overlay": _SMALL_ARCHS,
         "overlay": {
             "data": {"crop": [64, 64], "batch_size": 1},
             "schedule": {"iterations": 4, "warmup": 1},
@@ -32,31 +49,29 @@ SCALES: dict[str, dict[str, Any]] = {
     },
     "demo": {
         "resources": {"cpu": 1, "gpu": 0},
-        "backbones": {"deeplabv2": "resnet18", "daformer": "pvt_v2_b0", "segformer": "pvt_v2_b0"},
-        "arch_options": {"daformer": {"embed_dim": 64}, "segformer": {"embed_dim": 64}},
-        "overlay": {
-            "data": {"crop": [128, 128], "batch_size": 2},
-            "schedule": {"iterations": 200, "warmup": 20},
-            "optim": {"lr": 2e-4},
-            "eval": {"interval": 100, "max_images": 100},
-            "threads": 1,
-        },
+        "arch_overlay": _SMALL_ARCHS,
+        "overlay": deep_merge(_SHORT_SCHEDULE, {
+            "data": _SYNTH_HALF,
+            "schedule": {"iterations": 300, "warmup": 30},
+            "eval": {"interval": 300, "max_images": 100},
+        }),
     },
     "cpu": {
         "resources": {"cpu": 1, "gpu": 0},
-        "backbones": {"deeplabv2": "resnet18", "daformer": "pvt_v2_b0", "segformer": "pvt_v2_b0"},
-        "arch_options": {"daformer": {"embed_dim": 64}, "segformer": {"embed_dim": 64}},
-        "overlay": {
-            "data": {"crop": [128, 128], "batch_size": 2},
-            "schedule": {"iterations": 1000, "warmup": 50},
-            "optim": {"lr": 2e-4},
+        "arch_overlay": _SMALL_ARCHS,
+        "overlay": deep_merge(_SHORT_SCHEDULE, {
+            "data": _SYNTH_HALF,
+            "schedule": {"iterations": 2000, "warmup": 100},
             "eval": {"interval": 500},
-            "threads": 1,
-        },
+        }),
     },
     "paper": {
         "resources": {"cpu": 4, "gpu": 1},
-        "backbones": {"deeplabv2": "resnet101", "daformer": "pvt_v2_b5", "segformer": "pvt_v2_b5"},
+        "arch_overlay": {
+            "deeplabv2": {"model": {"backbone": "resnet101"}, "method": {"ema_alpha": 0.99}},
+            "daformer": {"model": {"backbone": "pvt_v2_b5"}, "method": {"ema_alpha": 0.999}},
+            "segformer": {"model": {"backbone": "pvt_v2_b5"}, "method": {"ema_alpha": 0.999}},
+        },
         "overlay": {
             "data": {
                 "source": {"name": "gta5", "root": "datasets/gta5", "domain": None, "resize": [1280, 720]},
@@ -69,20 +84,17 @@ SCALES: dict[str, dict[str, Any]] = {
             "schedule": {"iterations": 40000, "warmup": 1500},
             "optim": {"lr": 6e-5},
             "eval": {"interval": 4000},
-            "method": {"ema_alpha": 0.999},
         },
     },
 }
 
 
 def scale_overlay(name: str, arch: str | None = None) -> dict[str, Any]:
-    """The config overlay of scale `name` (with the scale's backbone for `arch`, when given)."""
+    """The config overlay of scale `name` (with the scale's recipe for `arch`, when given)."""
     if name not in SCALES:
         raise ConfigError(f"unknown scale '{name}'{closest(name, SCALES)}; valid: {', '.join(SCALES)}")
     scale = SCALES[name]
     overlay = copy.deepcopy(scale["overlay"])
-    if arch is not None and arch in scale["backbones"]:
-        overlay = deep_merge(overlay, {"model": {"backbone": scale["backbones"][arch]}})
-    if arch is not None and arch in scale.get("arch_options", {}):
-        overlay = deep_merge(overlay, {"model": {"options": scale["arch_options"][arch]}})
+    if arch is not None and arch in scale["arch_overlay"]:
+        overlay = deep_merge(overlay, scale["arch_overlay"][arch])
     return overlay
