@@ -106,6 +106,17 @@ def test_the_trace_checker_catches_what_leaves():
     assert [line.split()[0] for line in offences(trace, strict=True)[0]] == ["2", "3", "4"]
 
 
+def test_ray_env_for_ray_start_nodes(tmp_path, capsys):
+    from harness.cli import main
+
+    assert main(["study", "ray-env", "--root", str(tmp_path)]) == 0
+    env = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert env["HOME"] == str(tmp_path.resolve() / "ray_results" / ".ray_home")
+    assert "provider:\n  type: local" in (Path(env["HOME"]) / "ray_bootstrap_config.yaml").read_text()
+    assert env["RAY_USAGE_STATS_ENABLED"] == "0"
+    assert is_local(env["RAY_USAGE_STATS_REPORT_URL"].split("//")[1].split(":")[0], set())
+
+
 def marked(token: str) -> list[int]:
     """Live processes whose environment carries TOKEN=token (everything a test's run started)."""
     found, key = [], f"{TOKEN}={token}".encode()

@@ -284,3 +284,37 @@ def test_search_points_resolve_with_their_types(tmp_path):
     space = study.param_space()["point"]
     assert set(space) == {"lambda", "mask_ratio"}
     assert (space["lambda"].lower, space["lambda"].upper) == (0.1, 10.0)
+
+
+def test_status_table_joins_trials_with_the_tracking_store(tmp_path, capsys):
+    import json
+
+    from harness import tracking
+
+    path = write(tmp_path, """
+        description: x
+        config: @CONFIGS@/daformer_mfm.yaml
+        grid: {seed: [0, 1, 2]}
+        """)
+    study = load_study(path, "smoke")
+    t0, t1, _ = study.trials()
+    uri = tracking.default_tracking_uri(tmp_path)
+    exp = tracking.ensure_experiment(uri, study.name, tmp_path)
+    tags = {"study": study.name, "scale": "smoke"}
+    r0 = tracking.TrialRun.open(uri, exp, "a", "x", t0.name, {**tags, "config_hash": t0.hash}, {})
+    for step, miou in ((2, 10.0), (4, 12.5), (6, 11.0)):
+        r0.log_metrics({"target_miou": miou}, step)
+    r0.finish({}, {})
+    tracking.TrialRun.open(uri, exp, "b", "x", t1.name, {**tags, "config_hash": t1.hash}, {}).fail("boom")
+    other = tracking.TrialRun.open(uri, exp, "c", "x", t1.name, {**tags, "config_hash": "elsewhere"}, {})
+    other.finish({}, {})  # a run of another config: not a trial of this study
+
+    assert main(["study", "status", str(path), "--scale", "smoke", "--root", str(tmp_path), "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["seed"], r["state"], r["best_target_miou"]) for r in rows] == [
+        (0, "FINISHED", 12.5), (1, "FAILED", None), (2, "pending", None)]
+    assert main(["study", "status", str(path), "--scale", "smoke", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"study '{study.name}' at scale 'smoke': 3 trial(s);")
+    assert {"1 finished", "1 failed", "1 pending"} <= {p.strip() for p in out[0].split(";")[1].split(",")}
+    assert out[1].split() == ["seed", "state", "best_target_miou", "time_s", "run_id"]
