@@ -126,7 +126,6 @@ def load_runs(studies: Sequence[str] | None, tracking_uri: str) -> pd.DataFrame:
     from harness.registry import closest
 
     _check_store(tracking_uri)
-    mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     experiments = {e.name: e.experiment_id for e in client.search_experiments()}
     if studies:
@@ -141,7 +140,12 @@ def load_runs(studies: Sequence[str] | None, tracking_uri: str) -> pd.DataFrame:
         ids = list(experiments.values())
     if not ids:
         return pd.DataFrame()
-    df = mlflow.search_runs(experiment_ids=ids, output_format="pandas")
+    saved = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri sets it for the whole process
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        df = mlflow.search_runs(experiment_ids=ids, output_format="pandas")
+    finally:
+        mlflow.set_tracking_uri(saved)  # None unsets: a later study run in this process uses its own store
     if df.empty:
         return df
     names = {v: k for k, v in experiments.items()}
