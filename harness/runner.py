@@ -188,27 +188,31 @@ def ray_session(root: str | Path = ".", address: str | None = None, num_cpus: in
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         yield False
         return
-    if address is None:
-        reap_orphans()
-        mark = _owner_mark()
-        user_home = os.path.expanduser("~")
-        with _environ({**RAY_ENV, **LOCAL_ENV, "HOME": str(ray_home(root)), OWNER_ENV: mark}):
-            import ray
-            import ray._private.ray_constants as rc
+    import ray
+    import ray._private.ray_constants as rc
 
-            rc.ENABLE_RAY_CLUSTER = False  # read at import time, and ray may have been imported already
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                     logging_level=logging.WARNING, runtime_env={"env_vars": {"HOME": user_home}})
-    else:
-        mark = None
-        with _environ(RAY_ENV):
-            import ray
-
-            ray.init(address=address, logging_level=logging.WARNING)
+    cluster_flag = rc.ENABLE_RAY_CLUSTER
+    mark = None
+    try:
+        if address is None:
+            reap_orphans()
+            mark = _owner_mark()
+            user_home = os.path.expanduser("~")
+            with _environ({**RAY_ENV, **LOCAL_ENV, "HOME": str(ray_home(root)), OWNER_ENV: mark}):
+                rc.ENABLE_RAY_CLUSTER = False  # read by ray at import time, and ray is imported already
+                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                         logging_level=logging.WARNING, runtime_env={"env_vars": {"HOME": user_home}})
+        else:
+            with _environ(RAY_ENV):
+                ray.init(address=address, logging_level=logging.WARNING)
+    except BaseException:
+        rc.ENABLE_RAY_CLUSTER = cluster_flag
+        raise
     try:
         yield True
     finally:
         ray.shutdown()
+        rc.ENABLE_RAY_CLUSTER = cluster_flag
         if mark is not None:  # agents exit shortly after the raylet; never leave one behind
             deadline = time.monotonic() + 10
             while (left := list(marked_processes(mark))) and time.monotonic() < deadline:
@@ -243,8 +247,8 @@ def _import(path: str):
 
 
 def absolutize(cfg: RunConfig, root: str | Path, output: Path, threads: int) -> RunConfig:
-    """A copy of `cfg` whose relative paths (data roots, pretrained weights) are under `root`, writing
-    to `output`; the config hash does not change (paths are as the user wrote them in the hash)."""
+    """A copy of `cfg` for the trial's process: relative paths (data roots, pretrained weights) made
+    absolute under `root`, output in the trial's folder. Hashes and tags use `cfg` as written."""
     root = Path(root)
     d = cfg.to_dict()
     for split in ("source", "target", "val"):

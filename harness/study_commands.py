@@ -207,7 +207,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"study '{study.name}' at scale '{study.scale}': {len(frame)} trial(s); "
           + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()))
     if len(frame):
-        print(frame.fillna("-").to_string(index=False))
+        print(frame.astype(object).where(frame.notna(), "-").to_string(index=False))
     return 0
 
 

@@ -239,6 +239,7 @@ def test_local_study_sends_nothing_off_the_machine_and_leaves_no_process(project
     assert (Path.home() / "ray_bootstrap_config.yaml").exists() == home_file  # the user's home: untouched
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_study_gracefully_and_leaves_no_process(project):
     study = write_study(project, "term", [0, 1], "max_concurrent: 1\n")
     token = uuid.uuid4().hex
