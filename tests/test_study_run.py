@@ -200,6 +200,28 @@ def test_a_failing_trial_is_recorded_failed_while_the_others_finish(ray_local, p
     assert out.exit_code == 1
 
 
+def test_a_trial_asking_for_more_than_the_cluster_has_is_refused_before_anything_is_written(
+        ray_local, project):
+    from harness.cli import UsageError
+    from harness.runner import run_study
+    from harness.study import Resources
+
+    path = write_study(project, "gpu", """
+        description: needs a GPU
+        config: @CONFIGS@/daformer.yaml
+        resources: {cpu: 1, gpu: 1}
+        grid: {seed: [0]}
+        """)
+    assert load_study(path, "paper").resources() == {"cpu": 1, "gpu": 1}
+    study = load_study(path, "smoke")
+    with pytest.raises(UsageError, match=r"asks for 1 GPU, the Ray cluster has 0"):
+        run_study(study, project)
+    study.spec.resources = Resources(cpu=3)
+    with pytest.raises(UsageError, match=r"asks for 3 CPU, the Ray cluster has 2"):
+        run_study(study, project)
+    assert not (project / "ray_results").exists() and not (project / "mlruns").exists()
+
+
 # --------------------------------------------------------------------------------------------------
 # interrupt (Ctrl-C) and resume
 

@@ -61,6 +61,7 @@ def test_paper_scale_uses_the_paper_backbones():
     assert backbones == {"deeplabv2": "resnet101", "daformer": "pvt_v2_b5"}
     smoke = load_study(REPO / "studies" / "main.yaml", "smoke")
     assert {t.config.model.backbone for t in smoke.trials()} == {"resnet18", "pvt_v2_b0"}
+    assert (study.resources(), smoke.resources()) == ({"cpu": 4, "gpu": 1}, {"cpu": 1, "gpu": 0})
 
 
 # --------------------------------------------------------------------------------------------------
