@@ -1,0 +1,163 @@
+"""How close the CPU-scale training step comes to this machine's arithmetic limit.
+
+The limit is measured, not looked up: float32 `torch.mm` of two large square matrices (2 n^3 FLOPs
+each), best of several repeats, with one torch thread (what a CPU-scale trial gets) and with every
+core. The step is the real engine's: `harness.training.Trainer` built from the CPU-scale config of
+benchmarks/bench_aux.py (dacs, crop 128, batch 2, one thread), `Trainer.step` on batches loaded before
+the clock starts; its FLOPs come from `torch.utils.flop_counter.FlopCounterMode` around one step
+(forward, backward and the teacher's pseudo-labelling; matmuls and convolutions).
+
+Rates are FLOPs per second of CPU time (this single-threaded process's `process_time`), which other
+load on the shared machine does not dilute, and per second of wall time, which it does; the fraction
+of the limit is CPU-time rate over CPU-time rate.
+
+    .venv/bin/python benchmarks/bench_hardware.py --mm-size 2048 --steps 4
+
+prints a Markdown table and writes JSON (default reports/bench_hardware.json, written atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_aux import ARCHS, ensure_data, run_config  # noqa: E402
+
+
+def matmul_peak(n: int, repeats: int, threads: int) -> dict[str, Any]:
+    """Best float32 n x n matmul rate over `repeats` (GFLOP/s of CPU time and of wall time)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up (allocations, kernel selection)
+    flops = 2 * n ** 3
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        torch.mm(a, b)
+        wall.append(time.perf_counter() - w)
+        cpu.append(time.process_time() - c)
+    return {"threads": threads, "n": n, "flops": flops,
+            "gflops_wall": flops / min(wall) / 1e9, "gflops_cpu": flops / min(cpu) / 1e9,  # per core-second
+            "wall_s": wall, "cpu_s": cpu}
+
+
+def step_rate(arch: str, data_root: Path, size: int, batch: int, steps: int, warmup: int,
+              workdir: Path) -> dict[str, Any]:
+    """FLOPs of one CPU-scale engine step and its median time (one torch thread)."""
+    from collections import defaultdict
+
+    import torch
+    from torch.utils.data import default_collate
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harness.training import Trainer
+
+    torch.set_num_threads(1)
+    cfg = run_config(arch, "dacs", data_root, size, batch, workdir / "runs" / f"hw-{arch}")
+    trainer = Trainer(cfg, progress=False)
+    trainer.model.train()
+    n = warmup + steps + 1
+    batches = [(default_collate([trainer.source_stream[k * batch + i] for i in range(batch)]),
+                default_collate([trainer.target_stream[k * batch + i] for i in range(batch)])) for k in range(n)]
+    sums: dict[str, float] = defaultdict(float)
+    wall, cpu = [], []
+    for k, (src, tgt) in enumerate(batches[:-1]):
+        w, c = time.perf_counter(), time.process_time()
+        trainer.step(src, tgt, sums)
+        trainer.iteration += 1
+        if k >= warmup:
+            wall.append(time.perf_counter() - w)
+            cpu.append(time.process_time() - c)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        trainer.step(*batches[-1], sums)
+    flops = counter.get_total_flops()
+    return {"arch": arch, "backbone": ARCHS[arch], "flops_per_step": flops,
+            "step_wall_s": statistics.median(wall), "step_cpu_s": statistics.median(cpu),
+            "gflops_wall": flops / statistics.median(wall) / 1e9,
+            "gflops_cpu": flops / statistics.median(cpu) / 1e9,
+            "step_wall_all_s": wall, "step_cpu_all_s": cpu}
+
+
+def markdown(rows: list[dict[str, Any]], peaks: dict[int, dict[str, Any]]) -> str:
+    one = peaks[1]
+    lines = [f"Measured float32 matmul peak (n = {one['n']}, best of {len(one['cpu_s'])}): "
+             + "; ".join(f"{t} thread(s): {p['gflops_cpu']:.1f} GFLOP/s per CPU-second (per core), "
+                         f"{p['gflops_wall']:.1f} GFLOP/s wall" for t, p in sorted(peaks.items())),
+             "",
+             "| architecture | GFLOP per step | step CPU time (s) | GFLOP/s (CPU time) | fraction of 1-thread peak "
+             "| step wall time (s) | GFLOP/s (wall) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['arch']}/{r['backbone']} | {r['flops_per_step'] / 1e9:.2f} | {r['step_cpu_s']:.3f} | "
+                     f"{r['gflops_cpu']:.1f} | {r['fraction_of_peak']:.3f} | {r['step_wall_s']:.3f} | "
+                     f"{r['gflops_wall']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mm-size", type=int, default=2048, help="matrix size n of the peak measurement")
+    p.add_argument("--mm-repeats", type=int, default=5, help="timed matmuls per thread count (best is kept)")
+    p.add_argument("--size", type=int, default=128, help="square training crop (the CPU scale: 128)")
+    p.add_argument("--batch", type=int, default=2, help="source and target batch size (the CPU scale: 2)")
+    p.add_argument("--steps", type=int, default=4, help="timed engine steps per architecture")
+    p.add_argument("--warmup", type=int, default=1, help="untimed engine steps first")
+    p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/udabench-bench-aux"),
+                   help="synthetic data (shared with bench_aux.py) and scratch output")
+    p.add_argument("--out", type=Path, default=ROOT / "reports" / "bench_hardware.json")
+    args = p.parse_args(argv)
+
+    from harness.env import offline
+
+    offline()
+    import torch
+
+    t0 = time.perf_counter()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    data_root = ensure_data(args.workdir, args.size)
+    cores = len(os.sched_getaffinity(0))
+    peaks = {t: matmul_peak(args.mm_size, args.mm_repeats, t) for t in sorted({1, cores})}
+    rows = []
+    for arch in args.archs:
+        r = step_rate(arch, data_root, args.size, args.batch, args.steps, args.warmup, args.workdir)
+        r["fraction_of_peak"] = r["gflops_cpu"] / peaks[1]["gflops_cpu"]
+        r["fraction_of_machine_peak_wall"] = r["gflops_wall"] / peaks[cores]["gflops_wall"]
+        rows.append(r)
+        print(f"{arch}: {r['flops_per_step'] / 1e9:.2f} GFLOP/step, {r['gflops_cpu']:.1f} GFLOP/s CPU time "
+              f"({100 * r['fraction_of_peak']:.1f}% of the 1-thread matmul peak)", file=sys.stderr)
+    table = markdown(rows, peaks)
+    print(table)
+    report = {
+        "command": "benchmarks/bench_hardware.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "settings": {"mm_size": args.mm_size, "mm_repeats": args.mm_repeats, "size": args.size,
+                     "batch": args.batch, "steps": args.steps, "warmup": args.warmup, "threads": 1},
+        "environment": {"python": sys.version.split()[0], "torch": torch.__version__, "cpus": cores,
+                        "load_avg_1m_at_end": os.getloadavg()[0]},
+        "wall_time_s": time.perf_counter() - t0,
+        "matmul_peak": {str(k): v for k, v in peaks.items()}, "rows": rows, "markdown": table,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, args.out)
+    print(f"\nwrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
