@@ -162,6 +162,24 @@ def test_style_overrides_change_only_their_domains_and_typos_are_named():
         S.SynthParams(splits={"sauce": {"train": 1}})
 
 
+def test_gap_interpolates_the_target_style_between_source_and_camera():
+    src, cam = S.SOURCE_STYLE, S.TARGET_STYLE
+    assert S.mix_styles(src, cam, 0.0) == src and S.mix_styles(src, cam, 1.0) == cam
+    assert S.resolve_styles(gap=0.0)["target"].palette.sky_top == src.palette.sky_top
+    half = S.resolve_styles(gap=0.5)
+    t = half["target"]
+    assert t.optics.vignetting == pytest.approx(cam.optics.vignetting / 2)
+    assert t.textures.grain["vegetation"] == pytest.approx(cam.textures.grain["vegetation"] / 2)  # absent in source
+    assert min(src.palette.sky_top[0], cam.palette.sky_top[0]) <= t.palette.sky_top[0] <= max(
+        src.palette.sky_top[0], cam.palette.sky_top[0])
+    assert half["target-night"].weather.night == S.NIGHT_UPDATE["weather"]["night"]  # adverse knobs in full
+    assert half["source"] == S.resolve_styles()["source"]
+    # per-knob overrides apply on top of the gap
+    assert S.resolve_styles({"target": {"optics": {"noise": 0}}}, gap=0.5)["target"].optics.noise == 0
+    with pytest.raises(ValueError, match="gap"):
+        S.SynthParams(gap=1.5)
+
+
 def test_params_file_errors_name_the_file_and_field(tmp_path):
     p = tmp_path / "params.yaml"
     p.write_text("synth:\n  seed: 0\n  widht: 64\n")

@@ -13,6 +13,8 @@ the domain gap is calibrated. `source` is game-like (flat shading, saturated col
 `target` is camera-like (other palette and illumination, textured surfaces, shadows, blur, sensor
 noise, vignetting, chromatic aberration, an ego-vehicle hood labelled ignore, other object sizes and
 frequencies); `target-fog` and `target-night` add depth-dependent fog or darkness with light glows.
+The generated target is `mix_styles(source, camera-like, gap)`: `gap` (params.yaml, default
+DEFAULT_GAP) moves every knob from the source style (0) to the full camera-like style (1).
 
 Determinism: image i of a split is a pure function of (domain, split, seed, i, params). Pixel arrays
 are built only with IEEE-exact arithmetic (+ - * / sqrt floor comparisons) and integer blur/noise, never
@@ -236,14 +238,14 @@ class DomainStyle(_Knobs):
 
 SOURCE_STYLE = DomainStyle(
     palette=Palette(
-        sky_top=(40, 110, 235), sky_horizon=(150, 200, 255), clouds=(255, 255, 255), skyline=(120, 130, 170),
+        sky_top=(45, 115, 230), sky_horizon=(155, 200, 250), clouds=(250, 250, 250), skyline=(120, 130, 170),
         road=(80, 78, 88), lane=(250, 250, 245), sidewalk=(200, 170, 180), curb=(230, 220, 215),
         terrain=(120, 210, 70),
         building=[(210, 110, 80), (225, 205, 130), (140, 165, 215), (235, 150, 170), (175, 205, 140),
-                  (215, 215, 225), (190, 140, 210)],
+                  (215, 215, 225), (190, 140, 210), (165, 160, 155), (160, 125, 100)],
         window=(50, 90, 160), window_lit=(255, 230, 140), shop=(40, 60, 110),
         wall=[(185, 160, 110), (160, 150, 140)], fence=[(150, 100, 60), (110, 110, 120)], pole=(125, 125, 140),
-        vegetation=[(50, 170, 40), (80, 190, 50), (40, 140, 60)], trunk=(120, 80, 40),
+        vegetation=[(60, 160, 45), (85, 180, 55), (45, 135, 60)], trunk=(120, 80, 40),
         car=[(210, 25, 25), (25, 60, 210), (245, 205, 25), (245, 245, 245), (25, 25, 25), (30, 170, 80),
              (240, 120, 20)],
         truck=[(230, 120, 20), (210, 210, 220), (40, 120, 200)], bus=[(240, 200, 20), (210, 40, 40)],
@@ -252,7 +254,7 @@ SOURCE_STYLE = DomainStyle(
         skin=[(235, 190, 150), (200, 150, 110)], bike=[(20, 210, 210), (210, 20, 130), (250, 130, 0)],
         light_box=(35, 35, 35), sign=[(235, 25, 25), (25, 80, 230), (250, 225, 25)], hood=(40, 40, 40),
         jitter=10.0),
-    textures=Textures(grain={}, ground_tile={}, lane_width=0.2, lane_alpha=1.0, dash=(4.5, 9.0),
+    textures=Textures(grain={}, ground_tile={}, clouds=0.35, lane_width=0.2, lane_alpha=1.0, dash=(4.5, 9.0),
                       sidewalk_tile=0.0, facade_lines=0.0, window_w=(1.1, 1.5), window_h=(1.3, 1.7),
                       window_gap_x=(2.6, 3.4), window_gap_y=(3.0, 3.3), shop_p=0.25, crown_blobs=(2, 3)),
     optics=Optics(),
@@ -265,14 +267,14 @@ SOURCE_STYLE = DomainStyle(
 
 TARGET_STYLE = DomainStyle(
     palette=Palette(
-        sky_top=(150, 170, 195), sky_horizon=(205, 212, 218), clouds=(232, 234, 236), skyline=(150, 155, 160),
+        sky_top=(105, 145, 205), sky_horizon=(185, 205, 225), clouds=(228, 230, 234), skyline=(145, 152, 165),
         road=(112, 110, 104), lane=(200, 198, 175), sidewalk=(150, 146, 136), curb=(170, 166, 156),
-        terrain=(118, 118, 70),
+        terrain=(125, 140, 75),
         building=[(140, 105, 85), (172, 165, 150), (120, 118, 120), (188, 172, 140), (95, 88, 80),
-                  (160, 140, 125)],
+                  (160, 140, 125), (185, 150, 150), (150, 160, 180), (190, 180, 130)],
         window=(48, 54, 60), window_lit=(255, 200, 110), shop=(35, 40, 45),
         wall=[(135, 128, 115), (110, 108, 104)], fence=[(95, 95, 90), (120, 100, 80)], pole=(88, 90, 94),
-        vegetation=[(62, 82, 38), (48, 70, 34), (92, 102, 52), (70, 90, 60)], trunk=(70, 60, 50),
+        vegetation=[(70, 110, 45), (55, 95, 40), (95, 120, 60), (75, 105, 65)], trunk=(70, 60, 50),
         car=[(120, 120, 125), (200, 200, 202), (30, 30, 34), (60, 70, 92), (140, 32, 32), (228, 228, 222),
              (95, 90, 80)],
         truck=[(205, 205, 198), (90, 100, 112)], bus=[(205, 205, 205), (58, 100, 160)],
@@ -325,10 +327,43 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
-def resolve_styles(overrides: dict[str, dict[str, Any]] | None = None,
+def mix_styles(a: DomainStyle, b: DomainStyle, t: float) -> DomainStyle:
+    """Knob-wise interpolation from style `a` (t = 0) to style `b` (t = 1): numbers, colours and ranges
+    are interpolated (integer knobs rounded), per-class dictionaries over the union of their keys (a
+    missing key counts as 0), colour lists entry by entry (entry i of b with entry i mod len(a) of a);
+    booleans and names come from the nearer end."""
+    if t <= 0:
+        return a
+    if t >= 1:
+        return b
+    return DomainStyle.model_validate(_mix(a.model_dump(), b.model_dump(), float(t)))
+
+
+def _mix(x: Any, y: Any, t: float) -> Any:
+    if isinstance(x, bool) or isinstance(y, bool) or isinstance(x, str) or isinstance(y, str):
+        return y if t >= 0.5 else x
+    if isinstance(x, int | float) and isinstance(y, int | float):
+        v = x + (y - x) * t
+        return int(round(v)) if isinstance(x, int) and isinstance(y, int) else v
+    if isinstance(x, dict) and isinstance(y, dict):
+        return {k: _mix(x.get(k, 0.0), y.get(k, 0.0), t) for k in dict.fromkeys([*x, *y])}
+    if isinstance(x, list | tuple) and isinstance(y, list | tuple):
+        if len(x) == len(y):
+            return type(y)(_mix(u, w, t) for u, w in zip(x, y))
+        return [_mix(x[i % len(x)], w, t) for i, w in enumerate(y)]
+    return y if t >= 0.5 else x
+
+
+# The default distance of the target from the source (see `mix_styles`), measured with DeepLab-v2
+# ResNet-18 from random initialisation: datasets/README.md, "Calibrating the gap".
+DEFAULT_GAP = 0.55
+
+
+def resolve_styles(overrides: dict[str, dict[str, Any]] | None = None, gap: float = DEFAULT_GAP,
                    source: str = "synth.style") -> dict[str, DomainStyle]:
-    """The four domain styles with `overrides` ({domain: nested knob dict}) applied. Overrides of
-    `target` are inherited by `target-fog` and `target-night` (then their own overrides apply)."""
+    """The four domain styles. The target style is `mix_styles(source, target, gap)` (gap 1 = the full
+    camera-like style, 0 = the source style), then `overrides` ({domain: nested knob dict}) apply.
+    `target-fog` and `target-night` derive from the resulting target (then their own overrides)."""
     from harness.config import ConfigError, format_validation_error
 
     overrides = overrides or {}
@@ -349,7 +384,8 @@ def resolve_styles(overrides: dict[str, dict[str, Any]] | None = None,
             raise ConfigError(format_validation_error(e, f"{source}.{where}", DomainStyle)) from None
 
     src = build(SOURCE_STYLE, ("source", overrides.get("source", {})))
-    tgt = build(TARGET_STYLE, ("target", overrides.get("target", {})))
+    base = TARGET_STYLE if gap == 1.0 else mix_styles(SOURCE_STYLE, TARGET_STYLE, gap)
+    tgt = build(base, ("target", overrides.get("target", {})))
     return {
         "source": src,
         "target": tgt,
@@ -377,6 +413,7 @@ class SynthParams(BaseModel):
         "target-fog": {"train": 500, "val": 200},
         "target-night": {"train": 500, "val": 200},
     })
+    gap: float = Field(DEFAULT_GAP, ge=0, le=1)  # target = mix_styles(source, camera-like, gap)
     style: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-domain DomainStyle overrides
 
     @field_validator("splits")
@@ -1367,7 +1404,7 @@ def generate(params: SynthParams, out: str | Path,
              progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Write the benchmark to `out` (atomically: a temporary folder renamed at the end) and return
     the manifest. Layout: out/<domain>/<split>/{images,labels}/NNNNN.png, class_counts.csv; out/manifest.json."""
-    styles = resolve_styles(params.style)
+    styles = resolve_styles(params.style, params.gap)
     out = Path(out)
     splits_info: dict[str, Any] = {}
     total = np.zeros(NUM_CLASSES, np.int64)
