@@ -10,6 +10,12 @@ the wall-time rate what you saw. Repeats are interleaved; the median is reported
     .venv/bin/python benchmarks/bench_data.py --images 300 --repeats 3
 
 prints a Markdown table and writes JSON (default reports/bench_data.json, written atomically).
+
+    .venv/bin/python benchmarks/bench_data.py --gap-curve runs/source_only/checkpoint --gaps 0,0.5,1
+
+instead scores a trained checkpoint (e.g. source_only) on `target` validation images rendered in
+memory at each `synth.gap` (resized like the checkpoint's `data.val`): how far the domain gap lever
+moves a source-trained model, without generating or training anything.
 """
 
 from __future__ import annotations
@@ -40,7 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--core", type=int, default=None, help="CPU to pin to (default: the last allowed one)")
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench_data.json"))
+    ap.add_argument("--gap-curve", metavar="CHECKPOINT", help="score CHECKPOINT on targets at each --gaps")
+    ap.add_argument("--gaps", default="0,0.25,0.5,0.55,0.6,0.75,1")
+    ap.add_argument("--eval-images", type=int, default=100, help="target val images per gap (default 100)")
     args = ap.parse_args(argv)
+    if args.gap_curve:
+        return gap_curve(args.gap_curve, [float(g) for g in args.gaps.split(",")], args.eval_images)
 
     allowed = sorted(os.sched_getaffinity(0))
     core = args.core if args.core is not None else allowed[-1]
@@ -100,6 +111,51 @@ def main(argv: list[str] | None = None) -> int:
     tmp_out.write_text(json.dumps(result, indent=1) + "\n")
     os.replace(tmp_out, out)
     print(f"wrote {out}")
+    return 0
+
+
+def gap_curve(checkpoint: str, gaps: list[float], n: int) -> int:
+    from harness.env import offline
+
+    offline()
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    torch.set_num_threads(1)
+    from harness import checkpoint as ckpt
+    from harness.config import RunConfig
+    from harness.data.synthetic import SynthParams, render_index, resolve_styles
+    from harness.evaluation import evaluate
+    from harness.labels import CLASSES
+    from harness.models import create_segmentor
+
+    state = ckpt.load(checkpoint)
+    cfg = RunConfig.model_validate(state["config"])
+    m = cfg.model
+    model = create_segmentor(m.arch, backbone=m.backbone, num_classes=len(CLASSES), pretrained=None, **m.options)
+    model.load_state_dict(state["model"])
+    resize = cfg.data.val.resize
+    params = SynthParams()
+    print(f"{checkpoint}: {cfg.method.host}, {m.arch}/{m.backbone}, iteration {state['iteration']}; "
+          f"{n} target/val images per gap at {params.width}x{params.height}"
+          f"{f' resized to {resize[0]}x{resize[1]}' if resize else ''}; IoU in %")
+    big = ["road", "building", "vegetation", "sky", "car"]
+    print("| gap | mIoU | pixel acc | " + " | ".join(big) + " |")
+    print("|---" * (3 + len(big)) + "|")
+    for gap in gaps:
+        styles = resolve_styles(gap=gap)
+        batches = []
+        for i in range(n):
+            img, lab = render_index(styles, params, "target", "val", i)
+            if resize:
+                img = np.asarray(Image.fromarray(img).resize(tuple(resize), Image.BILINEAR))
+                lab = np.asarray(Image.fromarray(lab).resize(tuple(resize), Image.NEAREST))
+            batches.append({"image": torch.from_numpy(img.transpose(2, 0, 1).copy())[None],
+                            "label": torch.from_numpy(lab.astype(np.int64))[None]})
+        r = evaluate(model, batches, "cpu")
+        cells = " | ".join(f"{100 * r['iou'][CLASSES.index(c)]:.1f}" for c in big)
+        print(f"| {gap:.2f} | {100 * r['miou']:.1f} | {100 * r['pixel_acc']:.1f} | {cells} |", flush=True)
     return 0
 
 
