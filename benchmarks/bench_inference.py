@@ -154,10 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                         "load_avg_1m_at_end": os.getloadavg()[0]},
         "wall_time_s": time.perf_counter() - t0, "rows": rows, "markdown": table,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, args.out)
+    from harness.data.io import atomic_write_text
+
+    atomic_write_text(args.out, json.dumps(report, indent=1))
     print(f"\nwrote {args.out}", file=sys.stderr)
     return 0
 
