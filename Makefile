@@ -13,6 +13,9 @@ export DO_NOT_TRACK := 1
 .PHONY: install demo test test-all lint clean
 
 $(STAMP): pyproject.toml
+	@test -x $(BIN)/torchrun || { avail=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	  [ $$avail -ge 7 ] || echo "warning: $$avail GB free in $(CURDIR); the install needs about 7 GB" \
+	    "(torch 2.14.1 and torchvision 0.29.1 are CUDA builds)" >&2; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, from this machine's local files (see DEVELOPERS.md)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -208,10 +209,13 @@ def ray_session(root: str | Path = ".", address: str | None = None, num_cpus: in
     except BaseException:
         rc.ENABLE_RAY_CLUSTER = cluster_flag
         raise
+    session_dir = _session_dir() if address is None else None
     try:
         yield True
     finally:
         ray.shutdown()
+        if session_dir is not None:  # trial working folders: everything in them reached storage_path
+            shutil.rmtree(session_dir / "artifacts", ignore_errors=True)
         rc.ENABLE_RAY_CLUSTER = cluster_flag
         if mark is not None:  # agents exit shortly after the raylet; never leave one behind
             deadline = time.monotonic() + 10
@@ -219,6 +223,16 @@ def ray_session(root: str | Path = ".", address: str | None = None, num_cpus: in
                 time.sleep(0.2)
             if left:
                 _terminate(left)
+
+
+def _session_dir() -> Path | None:
+    """The session folder of the Ray this process started (logs stay; trial folders are removed)."""
+    try:
+        import ray._private.worker as worker
+
+        return Path(worker._global_node.get_session_dir_path())
+    except Exception:  # noqa: BLE001 - a private API: without it, nothing is removed
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,6 +343,11 @@ def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
     except BaseException:
         run.fail(traceback.format_exc())
         raise
+    finally:
+        # Every checkpoint went to Tune's storage with tune.report and the metrics to MLflow: the
+        # working copies (one checkpoint per trial, in Ray's temp folder) would only fill the disk.
+        for scratch in (workdir / "run", workdir / "restored"):
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _node_tags() -> dict[str, str]:

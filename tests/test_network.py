@@ -213,10 +213,16 @@ def strace_works() -> str | None:
 # --------------------------------------------------------------------------------------------------
 # a local study: nothing leaves the machine, nothing is left running
 
+def ray_sessions() -> set[Path]:
+    root = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
+    return set(root.glob("session_2*"))
+
+
 def test_local_study_sends_nothing_off_the_machine_and_leaves_no_process(project):
     if why := strace_works():
         pytest.skip(why)
     study = write_study(project, "net", [0])
+    sessions = ray_sessions()
     home_file = (Path.home() / "ray_bootstrap_config.yaml").exists()
     token = uuid.uuid4().hex
     trace = project / "strace.log"
@@ -237,6 +243,10 @@ def test_local_study_sends_nothing_off_the_machine_and_leaves_no_process(project
     bootstrap = project / "ray_results" / ".ray_home" / "ray_bootstrap_config.yaml"
     assert "type: local" in bootstrap.read_text()
     assert (Path.home() / "ray_bootstrap_config.yaml").exists() == home_file  # the user's home: untouched
+    # nor does it fill the disk: trial folders (a checkpoint each) in Ray's temp folder are removed
+    new = ray_sessions() - sessions
+    assert len(new) == 1 and (next(iter(new)) / "logs").is_dir(), new
+    assert not (next(iter(new)) / "artifacts").exists()
 
 
 @pytest.mark.slow

@@ -127,6 +127,10 @@ def test_smoke_study_four_trials_both_architectures_tracked_in_mlflow(ray_local,
             value = r.data.metrics.get(key, math.nan)
             assert (row.split(",")[2] == "") if math.isnan(value) else float(row.split(",")[2]) == pytest.approx(value, abs=1e-4)
     assert (project / "ray_results" / out.ray_experiment / "udabench.json").is_file()
+    from harness.runner import _session_dir  # the trials' working copies left no checkpoint behind
+
+    assert not list((_session_dir() / "artifacts").rglob("checkpoint.pt"))
+    assert len(list((project / "ray_results" / out.ray_experiment).rglob("checkpoint.pt"))) == 4
 
     # again: every trial already finished -> nothing runs (Ray is not even asked)
     again = run_study(load_study(path, "smoke"), project)
