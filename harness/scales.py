@@ -61,8 +61,8 @@ SCALES: dict[str, dict[str, Any]] = {
         "arch_overlay": _SMALL_ARCHS,
         "overlay": deep_merge(_SHORT_SCHEDULE, {
             "data": _SYNTH_HALF,
-            "schedule": {"iterations": 2000, "warmup": 100},
-            "eval": {"interval": 500},
+            "schedule": {"iterations": 1000, "warmup": 100},  # 3-7 min a run (datasets/README.md)
+            "eval": {"interval": 250},
         }),
     },
     "paper": {

@@ -163,7 +163,11 @@ def build_optimizer(cfg: RunConfig, model: nn.Module, aux: nn.ModuleDict) -> tor
     counted = sum(len(g["params"]) for g in param_groups[:2])
     if counted != len(list(model.parameters())):
         raise RuntimeError("model.param_groups() does not cover every parameter exactly once")
-    return torch.optim.AdamW(param_groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    # the fused kernel (CPU and CUDA): one pass over all parameters, ~4x faster than the loop
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                for g in param_groups for p in g["params"])
+    return torch.optim.AdamW(param_groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay,
+                             fused=fused or None)
 
 
 # ---------------------------------------------------------------------------------------------------

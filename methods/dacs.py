@@ -111,10 +111,11 @@ class DACS(HostMethod):
     @torch.no_grad()
     def after_optimizer_step(self, iteration: int) -> None:
         alpha = min(1.0 - 1.0 / (iteration + 1), self.cfg.ema_alpha)
-        for t, s in zip(self.teacher.parameters(), self.model.parameters()):
-            t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
+        # teacher <- alpha * teacher + (1 - alpha) * student, as one fused update over all tensors
+        pairs = [(t, s.detach()) for t, s in zip(self.teacher.parameters(), self.model.parameters())]
+        pairs += [(t, s) for t, s in zip(self.teacher.buffers(), self.model.buffers())
+                  if t.dtype.is_floating_point]
+        torch._foreach_lerp_([t for t, _ in pairs], [s for _, s in pairs], 1.0 - alpha)
         for t, s in zip(self.teacher.buffers(), self.model.buffers()):
-            if t.dtype.is_floating_point:
-                t.mul_(alpha).add_(s, alpha=1.0 - alpha)
-            else:
+            if not t.dtype.is_floating_point:
                 t.copy_(s)
