@@ -4,6 +4,7 @@
     udabench study run studies/mask_ratio.yaml --scale smoke
     udabench study resume studies/mask_ratio.yaml       # after Ctrl-C or a crash
     udabench study status studies/mask_ratio.yaml --scale smoke
+    udabench study estimate studies/main.yaml --scale cpu  # how long it takes here, measured
     env $(udabench study ray-env) ray start --head ...  # a cluster for `study run --address`
 
 Heavy imports (ray, mlflow, torch) happen inside the command functions.
@@ -69,6 +70,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--root", default=".", help="project folder (default: the current directory)")
     t.add_argument("--format", choices=("table", "csv", "json"), default="table")
     t.set_defaults(func=cmd_status)
+
+    x = actions.add_parser("estimate", help="how long a study takes here (times one trial per cost group)",
+                           description="Estimate a study's run time on this machine: one trial of each "
+                                       "cost group (same model, host and auxiliary tasks) is built and "
+                                       "timed for a few real training steps and one evaluation; trials "
+                                       "are then placed on the concurrent slots in file order. Nothing "
+                                       "is tracked or written (a temporary folder is used). See "
+                                       "harness/estimate.py.")
+    x.add_argument("study", metavar="STUDY")
+    x.add_argument("--scale", default="cpu", help=SCALE_HELP + " (default: cpu)")
+    x.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    x.add_argument("--root", default=".", help="project folder: data paths (default: the current directory)")
+    x.add_argument("--steps", type=int, default=5, help="timed training steps per group (default: 5)")
+    x.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
+    x.add_argument("--concurrency", type=int,
+                   help="trials at once (default: CPUs / CPUs per trial, capped by max_concurrent)")
+    x.add_argument("--contention", type=float,
+                   help="slow-down of trials running side by side (default: the measured factor in "
+                        "harness/estimate.py)")
+    x.add_argument("--json", metavar="PATH", help="also write the estimate as JSON")
+    x.set_defaults(func=cmd_estimate)
 
     e = actions.add_parser("ray-env", help="print the environment for `ray start` on this machine",
                            description="KEY=VALUE lines for `env $(udabench study ray-env) ray start ...`: "
@@ -208,6 +230,38 @@ def cmd_status(args: argparse.Namespace) -> int:
           + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()))
     if len(frame):
         print(frame.astype(object).where(frame.notna(), "-").to_string(index=False))
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from harness import estimate as est
+    from harness.cli import UsageError
+    from harness.data.io import atomic_write_text
+
+    if args.steps < 1 or args.warmup < 0:
+        raise UsageError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise UsageError(f"--concurrency: expected an integer >= 1, got {args.concurrency}")
+    if args.contention is not None and not args.contention >= 1.0:
+        raise UsageError(f"--contention: expected a number >= 1.0, got {args.contention:g}")
+    study = _load(args, args.scale)
+    contention = est.CONTENTION if args.contention is None else args.contention
+    res = est.estimate(study, args.root, args.steps, args.warmup, args.concurrency, contention,
+                       progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(f"study '{res.study}' at scale '{res.scale}': {res.trials} trial(s), {len(res.groups)} cost group(s)")
+    print(f"{'group':<52} {'trials':>6} {'start s':>8} {'step s':>7} {'iters':>6} {'eval s':>7} {'evals':>5} "
+          f"{'per trial':>13}")
+    for g in res.groups:
+        print(f"{g.key:<52} {g.trials:>6} {g.startup_s:>8.1f} {g.step_s:>7.3f} {g.iterations:>6} "
+              f"{g.eval_s:>7.1f} {g.evaluations:>5} {est.fmt_duration(g.trial_s):>13}")
+    print(f"expected wall time: {est.fmt_duration(res.wall_s())} ({res.concurrency} trial(s) at once, "
+          f"contention x{res.contention:.2f}); CPU time {est.fmt_duration(res.cpu_s)}; "
+          f"measured in {res.measured_in_s:.0f} s")
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(res.to_dict(), indent=2) + "\n")
     return 0
 
 

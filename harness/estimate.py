@@ -1,0 +1,199 @@
+"""How long will a study take here? Measured, not guessed: `udabench study estimate`.
+
+A study's run time is dominated by its trials' training steps, and a step's cost depends on the model,
+the host method and the auxiliary tasks, not on the seed or on a loss weight. So the trials are grouped
+by what sets their cost (`cost_key`), and for one trial of each group a real `Trainer` is built (same
+config, same data) and timed on this machine: start-up (model and data), `steps` training steps after
+`warmup` untimed ones, and one evaluation. A trial's estimate is
+
+    start-up + iterations x step time + evaluations x (evaluation + checkpoint) time,
+
+and the study's wall time is the trials placed in file order on `concurrency` slots, each trial starting
+when a slot frees (as Ray Tune schedules them). Trials running side by side share memory bandwidth, so
+the wall time is multiplied by `contention` (1.0 = none; `udabench study estimate --help` gives the
+measured default). Searches: `num_samples` trials at the middle of every range.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import os
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.config import RunConfig
+from harness.study import Study, Trial
+
+# Wall time of 2 trials at once on 2 cores, relative to the sum of their single-process times / 2:
+# measured with the gap study (datasets/README.md): its cpu-scale estimate against `dvc repro study@gap`.
+CONTENTION = 1.0
+
+
+@dataclass
+class GroupCost:
+    """The measured cost of one group of trials (same model, host and auxiliary tasks)."""
+
+    key: str
+    trials: int
+    startup_s: float
+    step_s: float
+    eval_s: float  # an evaluation and the checkpoint written after it
+    iterations: int
+    evaluations: int
+
+    @property
+    def trial_s(self) -> float:
+        return self.startup_s + self.iterations * self.step_s + self.evaluations * self.eval_s
+
+
+@dataclass
+class Estimate:
+    study: str
+    scale: str
+    trials: int
+    concurrency: int
+    contention: float
+    groups: list[GroupCost] = field(default_factory=list)
+    order: list[int] = field(default_factory=list)  # each trial's group, in file order
+    measured_in_s: float = 0.0
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(g.trials * g.trial_s for g in self.groups)
+
+    def wall_s(self) -> float:
+        """The trials in file order on `concurrency` slots (each starts when a slot frees), x contention."""
+        durations = [self.groups[i].trial_s for i in self.order]
+        slots = [0.0] * max(1, min(self.concurrency, len(durations) or 1))
+        heapq.heapify(slots)
+        end = 0.0
+        for d in durations:
+            start = heapq.heappop(slots)
+            end = max(end, start + d)
+            heapq.heappush(slots, start + d)
+        return end * self.contention
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{k: v for k, v in asdict(self).items() if k not in ("groups", "order")},
+                "groups": [{**asdict(g), "trial_s": g.trial_s} for g in self.groups],
+                "cpu_s": self.cpu_s, "wall_s": self.wall_s()}
+
+
+def cost_key(cfg: RunConfig) -> str:
+    """What sets a step's cost: model, data sizes, host, and the auxiliary tasks with their options
+    (a mask ratio or a Rebuilder preset change the work); not seeds, weights or learning rates."""
+    d = cfg.to_dict()
+    m = cfg.method
+    data = {k: d["data"][k] for k in ("crop", "batch_size")}
+    data.update({s: d["data"][s].get("resize") for s in ("source", "target", "val")})
+    key = {"model": d["model"], "data": data, "host": m.host,
+           "aux": {name: a.options for name, a in sorted(m.aux.items())}}
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def describe(cfg: RunConfig) -> str:
+    aux = "+".join(sorted(cfg.method.aux)) or "none"
+    return f"{cfg.model.arch}/{cfg.model.backbone} {cfg.method.host} aux={aux}"
+
+
+def study_trials(study: Study) -> list[Trial]:
+    """The grid's trials, or a search's `num_samples` trials at the middle of every range."""
+    if not study.is_search:
+        return study.trials()
+    search = study.spec.search
+    mid: dict[str, Any] = {}
+    for name, p in search.params.items():
+        if p.type == "uniform":
+            mid[name] = (p.low + p.high) / 2
+        elif p.type == "loguniform":
+            mid[name] = math.sqrt(p.low * p.high)
+        elif p.type == "randint":
+            mid[name] = int((p.low + p.high) // 2)
+        else:
+            mid[name] = list(p.values or [])[0]
+    cfg = study.resolve(mid)
+    return [Trial(i, mid, cfg) for i in range(search.num_samples)]
+
+
+def measure(cfg: RunConfig, steps: int = 5, warmup: int = 2) -> tuple[float, float, float]:
+    """(start-up s, median step s, evaluation + checkpoint s) of a real Trainer for `cfg` here."""
+    import torch
+
+    from harness.training import Trainer, _loader
+
+    with tempfile.TemporaryDirectory(prefix="udabench-estimate-") as tmp:
+        cfg = cfg.model_copy(deep=True)
+        cfg.output = tmp
+        t0 = time.perf_counter()
+        trainer = Trainer(cfg, progress=False)
+        bs = cfg.data.batch_size
+        src = iter(_loader(trainer.source_stream, bs, cfg.data.workers, 0, cfg.seed))
+        tgt = iter(_loader(trainer.target_stream, bs, cfg.data.workers, 0, cfg.seed + 1))
+        startup = time.perf_counter() - t0
+        sums: dict[str, float] = defaultdict(float)
+        trainer.model.train()
+        times = []
+        for i in range(warmup + steps):
+            t = time.perf_counter()
+            trainer.step(next(src), next(tgt), sums)
+            trainer.iteration += 1
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        with torch.no_grad():
+            trainer.evaluate()
+        trainer.save()
+        evaluation = time.perf_counter() - t
+    times.sort()
+    return startup, times[len(times) // 2], evaluation
+
+
+def estimate(study: Study, root: str | Path = ".", steps: int = 5, warmup: int = 2,
+             concurrency: int | None = None, contention: float = CONTENTION,
+             threads: int | None = None, progress=print) -> Estimate:
+    """Measure one trial per cost group of `study` here and estimate the study's run time."""
+    import torch
+
+    from harness.runner import absolutize
+
+    trials = study_trials(study)
+    groups: dict[str, list[Trial]] = {}
+    for t in trials:
+        groups.setdefault(cost_key(t.config), []).append(t)
+    cpu_per_trial = study.resources()["cpu"] or 1
+    if concurrency is None:
+        slots = max(1, int((os.cpu_count() or 1) // cpu_per_trial))
+        concurrency = min(slots, study.spec.max_concurrent or slots)
+    threads = threads or max(1, int(cpu_per_trial))
+    out = Estimate(study.name, study.scale, len(trials), concurrency, contention)
+    began = time.perf_counter()
+    saved_threads = torch.get_num_threads()
+    try:
+        index = {}
+        for n, (key, members) in enumerate(groups.items(), 1):
+            cfg = absolutize(members[0].config, root, Path("unused"), threads)
+            torch.set_num_threads(cfg.threads or threads)
+            progress(f"[{n}/{len(groups)}] timing {describe(cfg)} ({len(members)} trial(s)) ...")
+            startup, step, evaluation = measure(cfg, steps, warmup)
+            it = cfg.schedule.iterations
+            evals = len({i for i in range(cfg.eval.interval, it + 1, cfg.eval.interval)} | {it})
+            index[key] = len(out.groups)
+            out.groups.append(GroupCost(describe(cfg), len(members), startup, step, evaluation, it, evals))
+    finally:
+        torch.set_num_threads(saved_threads)
+    out.measured_in_s = time.perf_counter() - began
+    out.order = [index[cost_key(t.config)] for t in trials]
+    return out
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h} h {m:02d} min" if h else (f"{m} min {s:02d} s" if m else f"{s} s")
