@@ -90,10 +90,10 @@ def synth_metrics(trial: dict, rng: np.random.Generator, seed_effect: float) -> 
 def fill_store(uri: str, n_runs: int = 1000, studies: int = 4, evals: int = 5, iterations: int = 1000,
                seed: int = 0, data_hash: str | dict[int, str] = "synthetic-0123abcd",
                git_commit: str = "0" * 40, scale: str = "cpu", prefix: str = "bench", protocol: str = "19",
-               failed: int = 0) -> list[str]:
+               failed: int = 0, host: str = "dacs") -> list[str]:
     """Log `n_runs` runs spread over `studies` experiments named `<prefix>_<k>`; the last `failed` runs
     of each study end FAILED. `data_hash` may map a trial index to a different hash (to make a mixed
-    study); `protocol` "16" makes SYNTHIA-protocol runs. Returns the study names."""
+    study); `protocol` "16" makes SYNTHIA-protocol runs; `host` sets method.host. Returns the study names."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 
@@ -116,6 +116,7 @@ def fill_store(uri: str, n_runs: int = 1000, studies: int = 4, evals: int = 5, i
             arch, backbone = trial["arch"].split("/")
             cfg.model.arch, cfg.model.backbone = arch, backbone
             cfg.seed = s
+            cfg.method.host = host
             cfg.schedule.iterations = iterations
             cfg.eval.interval = iterations // evals
             cfg.eval.protocol = protocol
@@ -125,7 +126,7 @@ def fill_store(uri: str, n_runs: int = 1000, studies: int = 4, evals: int = 5, i
                 options = {"mask_ratio": trial["mask_ratio"]} if trial["aux"] == "mfm" else {}
                 cfg.method.aux = {trial["aux"]: {"options": options}}
             params = flatten(cfg.to_dict())
-            trial_id = f"{name}_{i:05d}"
+            trial_id = f"{name}_{i:05d}" if host == "dacs" else f"{name}_{host}_{i:05d}"
             dh = data_hash.get(i, "synthetic-0123abcd") if isinstance(data_hash, dict) else data_hash
             tags = {"study": name, "trial_id": trial_id, "axis.model": trial["arch"],
                     "axis.aux": trial["aux"], "axis.mask_ratio": str(trial["mask_ratio"] or 0.4),

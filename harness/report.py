@@ -439,7 +439,6 @@ def paired_gains(data: StudyData, metrics: Sequence[str]) -> pd.DataFrame:
     """For every group with an auxiliary task: the difference to its host without one (same
     architecture), paired over the seeds both have; mean, std, n and a 95% t-interval per metric.
     Runs repeated with one seed are averaged first."""
-    from scipy import stats
 
     runs = data.runs
     metrics = list(metrics)
@@ -455,21 +454,67 @@ def paired_gains(data: StudyData, metrics: Sequence[str]) -> pd.DataFrame:
                 for m in metrics for k in ("gain", "gain_std", "gain_n", "ci_low", "ci_high")}})
             continue
         a = grp.groupby("seed")[metrics].mean()
-        common = a.index.intersection(b.index)
-        diff = a.loc[common] - b.loc[common]
-        n = diff.count()
-        mean, sd = diff.mean(), diff.std(ddof=1)
-        half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sd / np.sqrt(n)
-        half[n < 2] = np.nan
-        rec.update(pairs=len(common), common_seeds=",".join(map(str, common)),
-                   seeds_only_aux=",".join(map(str, a.index.difference(b.index))),
-                   seeds_only_host=",".join(map(str, b.index.difference(a.index))))
-        for m in metrics:
-            rec.update({f"{m}:gain": mean[m], f"{m}:gain_std": sd[m], f"{m}:gain_n": int(n[m]),
-                        f"{m}:ci_low": mean[m] - half[m], f"{m}:ci_high": mean[m] + half[m]})
+        rec.update(_paired(a, b, metrics))
+        rec["seeds_only_host"] = rec.pop("seeds_only_base")
         rows.append(rec)
     cols = [*data.group_cols, "pairs", "common_seeds"]
     return pd.DataFrame(rows, columns=None if rows else cols)
+
+
+def _paired(a: pd.DataFrame, b: pd.DataFrame, metrics: list[str]) -> dict[str, Any]:
+    """a - b over their common seeds (rows = seeds): mean, std, n and a 95% t-interval per metric."""
+    from scipy import stats
+
+    common = a.index.intersection(b.index)
+    diff = a.loc[common] - b.loc[common]
+    n = diff.count()
+    mean, sd = diff.mean(), diff.std(ddof=1)
+    half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sd / np.sqrt(n)
+    half[n < 2] = np.nan
+    rec: dict[str, Any] = dict(pairs=len(common), common_seeds=",".join(map(str, common)),
+                               seeds_only_aux=",".join(map(str, a.index.difference(b.index))),
+                               seeds_only_base=",".join(map(str, b.index.difference(a.index))))
+    for m in metrics:
+        rec.update({f"{m}:gain": mean[m], f"{m}:gain_std": sd[m], f"{m}:gain_n": int(n[m]),
+                    f"{m}:ci_low": mean[m] - half[m], f"{m}:ci_high": mean[m] + half[m]})
+    return rec
+
+
+LOWER_BOUND = "source_only"
+
+
+def host_gains(data: StudyData, metrics: Sequence[str]) -> pd.DataFrame:
+    """For a study that varies the host: every other host without an auxiliary task against
+    `source_only` on the same architecture (and the same other axes), paired over common seeds."""
+    runs = data.runs[data.runs["aux"] == NO_AUX]
+    if runs.empty or runs["host"].nunique() < 2 or LOWER_BOUND not in set(runs["host"]):
+        return pd.DataFrame()
+    metrics = list(metrics)
+    rest = [c for c in data.group_cols if c != "host"]
+    rows = []
+    for key, grp in runs.groupby(rest, sort=False, dropna=False):
+        rec0 = dict(zip(rest, key if isinstance(key, tuple) else (key,)))
+        base = grp[grp["host"] == LOWER_BOUND]
+        if base.empty:
+            continue
+        b = base.groupby("seed")[metrics].mean()
+        for host, hg in grp[grp["host"] != LOWER_BOUND].groupby("host", sort=False):
+            rows.append({**rec0, "host": host, **_paired(hg.groupby("seed")[metrics].mean(), b, metrics)})
+    return pd.DataFrame(rows)
+
+
+def host_table(data: StudyData, gains: pd.DataFrame) -> Table:
+    m = data.metric
+    if gains.empty:
+        return Table("hosts", f"Paired gain over {LOWER_BOUND}", pd.DataFrame(), pd.DataFrame())
+    disp = _label_frame(gains.assign(aux=NO_AUX), data)
+    disp["pairs"] = gains["pairs"].astype(int).astype(str)
+    disp[f"Δ {METRIC_LABEL[m]} vs {LOWER_BOUND} [95% CI]"] = [
+        gain_cell(r[f"{m}:gain"], r[f"{m}:ci_low"], r[f"{m}:ci_high"], int(r[f"{m}:gain_n"]))
+        for _, r in gains.iterrows()]
+    note = (f"Each host minus {LOWER_BOUND} (same architecture and axes), paired over the seeds both "
+            "have; mean with a 95% t-interval. An interval above 0 is a gain beyond seed noise.")
+    return Table("hosts", f"Paired gain over {LOWER_BOUND}", disp, gains.copy(), note, _labels(data))
 
 
 def cost_table(data: StudyData) -> pd.DataFrame:
@@ -981,7 +1026,8 @@ def write_study(data: StudyData, opts: ReportOptions, command: str) -> tuple[Pat
                                    "pixel_acc", *class_metrics])]
         summary = summarize(data, metrics)
         gains = paired_gains(data, metrics)
-        tables = [main_table(data, summary, gains), gains_table(data, gains)]
+        tables = [main_table(data, summary, gains), gains_table(data, gains),
+                  host_table(data, host_gains(data, metrics))]
         if data.axes:
             tables.append(ablation_table(data, summary, gains))
         cost = cost_table(data)

@@ -251,3 +251,32 @@ def test_bad_input_messages(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no study named 'knwon_0' (did you mean 'known_0'?)" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_hosts_table_pairs_each_host_with_source_only(tmp_path):
+    """A study that varies the host (the benchmark's calibration): each host minus source_only, same
+    architecture, paired over seeds, with scipy's paired-t interval."""
+    from scipy import stats
+
+    bench = _bench()
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    n = 2 * len(bench.ARCHS) * (3 + len(bench.MASK_RATIOS))  # two full seeds
+    bench.fill_store(uri, n_runs=n, studies=1, evals=2, prefix="gap", host="source_only", seed=3)
+    bench.fill_store(uri, n_runs=n, studies=1, evals=2, prefix="gap", host="dacs", seed=4)
+    out = tmp_path / "reports"
+    assert main(["report", "gap_0", "--tracking-uri", uri, "--out", str(out), "--no-figures"]) == 0
+    hosts = pd.read_csv(out / "gap_0" / "tables" / "hosts.csv")
+    assert set(hosts["host"]) == {"dacs"} and set(hosts["aux"]) == {"none"}
+    runs = _mlflow_runs(uri, "gap_0")
+    for _, row in hosts.iterrows():
+        arch = row["architecture"]
+        dacs = {r["seed"]: r["metrics"]["target_miou"] for r in runs if r["key"] == (arch, "dacs", "none", "–")}
+        so = {r["seed"]: r["metrics"]["target_miou"] for r in runs if r["key"] == (arch, "source_only", "none", "–")}
+        seeds = sorted(set(dacs) & set(so))
+        ci = stats.ttest_rel([dacs[s] for s in seeds], [so[s] for s in seeds]).confidence_interval(0.95)
+        assert row["pairs"] == len(seeds) == 2
+        assert row["target_miou:gain"] == pytest.approx(statistics.mean(dacs[s] - so[s] for s in seeds), abs=1e-4)
+        assert (row["target_miou:ci_low"], row["target_miou:ci_high"]) == (
+            pytest.approx(ci.low, abs=1e-4), pytest.approx(ci.high, abs=1e-4))
+    page = (out / "gap_0" / "README.md").read_text()
+    assert "## Paired gain over source_only" in page
