@@ -23,16 +23,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def resolve_config(args: argparse.Namespace):
-    from harness.config import load_config
+    """Config file < scale preset (with the recipe of the run's architecture) < --set, as in studies."""
+    from harness.config import RunConfig, apply_overrides, load_config, load_raw
 
+    overrides = list(args.overrides)
+    if args.output:
+        overrides.append(f"output={args.output}")
     extra = None
     if args.scale:
         from harness.scales import scale_overlay
 
-        extra = scale_overlay(args.scale)
-    overrides = list(args.overrides)
-    if args.output:
-        overrides.append(f"output={args.output}")
+        raw = apply_overrides(load_raw(args.config) if args.config else {}, overrides)
+        arch = (raw.get("model") or {}).get("arch", RunConfig().model.arch)
+        extra = scale_overlay(args.scale, arch if isinstance(arch, str) else None)
     return load_config(args.config, overrides, extra=extra)
 
 

@@ -73,3 +73,25 @@ def test_partial_section_keeps_that_sections_defaults():
     cfg = load_config(None, ["data.val.root=/x", "data.target.root=/x"])
     assert (cfg.data.val.domain, cfg.data.val.split, cfg.data.val.root) == ("target", "val", "/x")
     assert (cfg.data.target.domain, cfg.data.target.split) == ("target", "train")
+
+
+@pytest.mark.parametrize(("config", "sets", "backbone", "options"), [
+    ("daformer.yaml", [], "pvt_v2_b0", {"embed_dim": 64}),
+    ("deeplabv2.yaml", [], "resnet18", {"output_stride": 16}),
+    ("base.yaml", ["model.arch=daformer"], "pvt_v2_b0", {"embed_dim": 64}),  # the arch --set picks
+    ("daformer.yaml", ["model.backbone=pvt_v2_b1"], "pvt_v2_b1", {"embed_dim": 64}),  # --set wins
+])
+def test_train_scale_applies_the_recipe_of_the_runs_architecture(config, sets, backbone, options, capsys):
+    """`udabench train CONFIG --scale S` merges like a study trial: file < scale (with the backbone and
+    options of the run's architecture) < --set."""
+    import yaml
+
+    from harness.cli import main
+    from harness.scales import SCALES
+
+    path = f"{__file__.rsplit('/tests/', 1)[0]}/studies/configs/{config}"
+    args = ["train", path, "--scale", "cpu", "--print-config"] + [a for s in sets for a in ("--set", s)]
+    assert main(args) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"]["backbone"] == backbone and cfg["model"]["options"] == options
+    assert cfg["schedule"]["iterations"] == SCALES["cpu"]["overlay"]["schedule"]["iterations"]
