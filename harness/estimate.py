@@ -10,8 +10,9 @@ config, same data) and timed on this machine: start-up (model and data), `steps`
 
 and the study's wall time is the trials placed in file order on `concurrency` slots, each trial starting
 when a slot frees (as Ray Tune schedules them). Trials running side by side share memory bandwidth, so
-the wall time is multiplied by `contention` (1.0 = none; `udabench study estimate --help` gives the
-measured default). Searches: `num_samples` trials at the middle of every range.
+the wall time is multiplied by `contention` (1.0 = none). Searches: `num_samples` trials at the middle
+of every range. Measurements are shared between studies and scales with the same cost key (an
+evaluation is timed per image, so scales that evaluate more images reuse it).
 """
 
 from __future__ import annotations
@@ -121,8 +122,19 @@ def study_trials(study: Study) -> list[Trial]:
     return [Trial(i, mid, cfg) for i in range(search.num_samples)]
 
 
-def measure(cfg: RunConfig, steps: int = 5, warmup: int = 2) -> tuple[float, float, float]:
-    """(start-up s, median step s, evaluation + checkpoint s) of a real Trainer for `cfg` here."""
+@dataclass
+class Measurement:
+    """What one real Trainer cost here: start-up, a training step, an evaluated image, a checkpoint."""
+
+    startup_s: float
+    step_s: float
+    eval_image_s: float
+    save_s: float
+
+
+def measure(cfg: RunConfig, steps: int = 5, warmup: int = 2) -> Measurement:
+    """Build a Trainer for `cfg`, time `steps` training steps (median, after `warmup`), one evaluation
+    (per image) and one checkpoint, in a temporary folder."""
     import torch
 
     from harness.training import Trainer, _loader
@@ -130,6 +142,7 @@ def measure(cfg: RunConfig, steps: int = 5, warmup: int = 2) -> tuple[float, flo
     with tempfile.TemporaryDirectory(prefix="udabench-estimate-") as tmp:
         cfg = cfg.model_copy(deep=True)
         cfg.output = tmp
+        cfg.eval.max_images = min(cfg.eval.max_images or 20, 20)  # per-image cost from 20 images
         t0 = time.perf_counter()
         trainer = Trainer(cfg, progress=False)
         bs = cfg.data.batch_size
@@ -148,20 +161,32 @@ def measure(cfg: RunConfig, steps: int = 5, warmup: int = 2) -> tuple[float, flo
         t = time.perf_counter()
         with torch.no_grad():
             trainer.evaluate()
+        per_image = (time.perf_counter() - t) / min(cfg.eval.max_images, len(trainer.val))
+        t = time.perf_counter()
         trainer.save()
-        evaluation = time.perf_counter() - t
+        save = time.perf_counter() - t
     times.sort()
-    return startup, times[len(times) // 2], evaluation
+    return Measurement(startup, times[len(times) // 2], per_image, save)
+
+
+def _val_images(cfg: RunConfig) -> int:
+    from harness.data import build_dataset
+
+    n = len(build_dataset(cfg.data.val))
+    return min(n, cfg.eval.max_images) if cfg.eval.max_images else n
 
 
 def estimate(study: Study, root: str | Path = ".", steps: int = 5, warmup: int = 2,
              concurrency: int | None = None, contention: float = CONTENTION,
-             threads: int | None = None, progress=print) -> Estimate:
-    """Measure one trial per cost group of `study` here and estimate the study's run time."""
+             threads: int | None = None, progress=print,
+             cache: dict[str, Measurement] | None = None) -> Estimate:
+    """Measure one trial per cost group of `study` here (or take it from `cache`, shared between
+    studies and scales) and estimate the study's run time."""
     import torch
 
     from harness.runner import absolutize
 
+    cache = {} if cache is None else cache
     trials = study_trials(study)
     groups: dict[str, list[Trial]] = {}
     for t in trials:
@@ -178,13 +203,17 @@ def estimate(study: Study, root: str | Path = ".", steps: int = 5, warmup: int =
         index = {}
         for n, (key, members) in enumerate(groups.items(), 1):
             cfg = absolutize(members[0].config, root, Path("unused"), threads)
-            torch.set_num_threads(cfg.threads or threads)
-            progress(f"[{n}/{len(groups)}] timing {describe(cfg)} ({len(members)} trial(s)) ...")
-            startup, step, evaluation = measure(cfg, steps, warmup)
+            if key not in cache:
+                torch.set_num_threads(cfg.threads or threads)
+                progress(f"[{study.name} {study.scale} {n}/{len(groups)}] timing {describe(cfg)} "
+                         f"({len(members)} trial(s)) ...")
+                cache[key] = measure(cfg, steps, warmup)
+            m = cache[key]
             it = cfg.schedule.iterations
-            evals = len({i for i in range(cfg.eval.interval, it + 1, cfg.eval.interval)} | {it})
+            evals = len(set(range(cfg.eval.interval, it + 1, cfg.eval.interval)) | {it})
             index[key] = len(out.groups)
-            out.groups.append(GroupCost(describe(cfg), len(members), startup, step, evaluation, it, evals))
+            out.groups.append(GroupCost(describe(cfg), len(members), m.startup_s, m.step_s,
+                                        m.eval_image_s * _val_images(cfg) + m.save_s, it, evals))
     finally:
         torch.set_num_threads(saved_threads)
     out.measured_in_s = time.perf_counter() - began

@@ -78,8 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "are then placed on the concurrent slots in file order. Nothing "
                                        "is tracked or written (a temporary folder is used). See "
                                        "harness/estimate.py.")
-    x.add_argument("study", metavar="STUDY")
-    x.add_argument("--scale", default="cpu", help=SCALE_HELP + " (default: cpu)")
+    x.add_argument("studies", nargs="+", metavar="STUDY")
+    x.add_argument("--scale", action="append", help=SCALE_HELP + "; repeatable (default: cpu)")
     x.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     x.add_argument("--root", default=".", help="project folder: data paths (default: the current directory)")
     x.add_argument("--steps", type=int, default=5, help="timed training steps per group (default: 5)")
@@ -240,6 +240,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from harness import estimate as est
     from harness.cli import UsageError
     from harness.data.io import atomic_write_text
+    from harness.study import load_study
 
     if args.steps < 1 or args.warmup < 0:
         raise UsageError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
@@ -247,21 +248,26 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         raise UsageError(f"--concurrency: expected an integer >= 1, got {args.concurrency}")
     if args.contention is not None and not args.contention >= 1.0:
         raise UsageError(f"--contention: expected a number >= 1.0, got {args.contention:g}")
-    study = _load(args, args.scale)
+    scales = args.scale or ["cpu"]
+    studies = [load_study(path, scale, args.overrides) for path in args.studies for scale in scales]
     contention = est.CONTENTION if args.contention is None else args.contention
-    res = est.estimate(study, args.root, args.steps, args.warmup, args.concurrency, contention,
-                       progress=lambda msg: print(msg, file=sys.stderr, flush=True))
-    print(f"study '{res.study}' at scale '{res.scale}': {res.trials} trial(s), {len(res.groups)} cost group(s)")
-    print(f"{'group':<52} {'trials':>6} {'start s':>8} {'step s':>7} {'iters':>6} {'eval s':>7} {'evals':>5} "
-          f"{'per trial':>13}")
-    for g in res.groups:
-        print(f"{g.key:<52} {g.trials:>6} {g.startup_s:>8.1f} {g.step_s:>7.3f} {g.iterations:>6} "
-              f"{g.eval_s:>7.1f} {g.evaluations:>5} {est.fmt_duration(g.trial_s):>13}")
-    print(f"expected wall time: {est.fmt_duration(res.wall_s())} ({res.concurrency} trial(s) at once, "
-          f"contention x{res.contention:.2f}); CPU time {est.fmt_duration(res.cpu_s)}; "
-          f"measured in {res.measured_in_s:.0f} s")
+    cache: dict = {}  # one measurement per cost group, shared by every study and scale
+    results = []
+    for study in studies:
+        res = est.estimate(study, args.root, args.steps, args.warmup, args.concurrency, contention,
+                           progress=lambda msg: print(msg, file=sys.stderr, flush=True), cache=cache)
+        results.append(res)
+        print(f"study '{res.study}' at scale '{res.scale}': {res.trials} trial(s), "
+              f"{len(res.groups)} cost group(s)")
+        print(f"  {'group':<50} {'trials':>6} {'start s':>8} {'step s':>7} {'iters':>6} {'eval s':>7} "
+              f"{'evals':>5} {'per trial':>13}")
+        for g in res.groups:
+            print(f"  {g.key:<50} {g.trials:>6} {g.startup_s:>8.1f} {g.step_s:>7.3f} {g.iterations:>6} "
+                  f"{g.eval_s:>7.1f} {g.evaluations:>5} {est.fmt_duration(g.trial_s):>13}")
+        print(f"  expected wall time: {est.fmt_duration(res.wall_s())} ({res.concurrency} trial(s) at once, "
+              f"contention x{res.contention:.2f}); CPU time {est.fmt_duration(res.cpu_s)}", flush=True)
     if args.json:
-        atomic_write_text(Path(args.json), json.dumps(res.to_dict(), indent=2) + "\n")
+        atomic_write_text(Path(args.json), json.dumps([r.to_dict() for r in results], indent=2) + "\n")
     return 0
 
 

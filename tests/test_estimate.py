@@ -72,7 +72,7 @@ def test_estimate_times_a_real_trainer_per_group_and_writes_nothing(project, cap
     printed = capsys.readouterr()
     assert "timing daformer/pvt_v2_b0 dacs aux=mfm (3 trial(s))" in printed.err
     assert "6 trial(s), 2 cost group(s)" in printed.out and "expected wall time" in printed.out
-    res = json.loads(out.read_text())
+    [res] = json.loads(out.read_text())
     assert res["trials"] == 6 and [g["trials"] for g in res["groups"]] == [3, 3]
     for g in res["groups"]:
         assert g["step_s"] > 0 and g["eval_s"] > 0 and g["iterations"] == 4 and g["evaluations"] == 2
@@ -105,3 +105,18 @@ def test_bad_arguments_exit_2(project, args, capsys):
     path = write(project, STUDY)
     assert main(["study", "estimate", str(path), "--scale", "smoke", "--root", str(project), *args]) == 2
     assert args[0] in capsys.readouterr().err
+
+
+def test_measurements_are_shared_between_studies_and_scales(project, capsys):
+    """demo and cpu share their cost groups (same model and data sizes): each group is timed once, and
+    the scale with more iterations and evaluated images gets the longer estimate."""
+    path = write(project, STUDY)
+    out = project / "est.json"
+    assert main(["study", "estimate", str(path), str(path), "--scale", "smoke", "--scale", "demo",
+                 "--root", str(project), "--steps", "1", "--warmup", "0", "--json", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("timing ") == 4  # 2 groups at smoke, 2 at demo (other crops); repeats reuse them
+    smoke, demo, smoke2, demo2 = json.loads(out.read_text())
+    assert (smoke["scale"], demo["scale"]) == ("smoke", "demo") and smoke2 == {**smoke2, "wall_s": smoke["wall_s"]}
+    assert demo2["wall_s"] == demo["wall_s"] > smoke["wall_s"]
+    assert demo["groups"][0]["iterations"] == 300 and demo["groups"][0]["evaluations"] == 1
