@@ -113,15 +113,24 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+# What the pipeline writes while it runs (DVC's lock file, the stages' outputs): not code, so changes
+# to them do not make a run's code "dirty" (DVC updates dvc.lock before the study stage runs).
+PIPELINE_RECORDS = ("dvc.lock", "results", "reports")
+
+
 def git_state(root: str | Path) -> tuple[str, str]:
-    """(commit, dirty) of the checkout at `root`: ('unknown', 'unknown') outside a git repository."""
+    """(commit, dirty) of the checkout at `root`: ('unknown', 'unknown') outside a git repository.
+    Dirty = a tracked file other than the pipeline's records (PIPELINE_RECORDS) differs from HEAD."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10)
         if commit.returncode != 0:
             return "unknown", "unknown"
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True, timeout=30)
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True,
+                             text=True, timeout=10).stdout.strip() or str(root)
+        excludes = [f":(top,exclude){p}" for p in PIPELINE_RECORDS]
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                 *excludes], cwd=top, capture_output=True, text=True, timeout=30)
         return commit.stdout.strip(), str(bool(status.stdout.strip())).lower()
     except (OSError, subprocess.TimeoutExpired):
         return "unknown", "unknown"

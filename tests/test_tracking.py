@@ -111,3 +111,26 @@ def test_mark_failed_sets_status_and_reason(tmp_path, status):
     r = tracking.client(uri).get_run(run.run_id)
     assert r.info.status == status and r.data.tags["error"] == "interrupted"
     assert tracking.finished_hashes(uri, exp) == set()
+
+
+def test_git_dirty_means_code_not_the_pipelines_records(tmp_path):
+    """dvc.lock and stage outputs change while `dvc repro` runs: they do not make the code dirty."""
+    import subprocess
+
+    from harness.tracking import git_state
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    for name in ("dvc.lock", "train.py", "reports/gap/README.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("a\n")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x")
+    assert git_state(tmp_path)[1] == "false"
+    (tmp_path / "dvc.lock").write_text("b\n")
+    (tmp_path / "reports" / "gap" / "README.md").write_text("b\n")
+    assert git_state(tmp_path / "reports")[1] == "false"
+    (tmp_path / "train.py").write_text("b\n")
+    assert git_state(tmp_path)[1] == "true"
