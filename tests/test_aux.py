@@ -401,3 +401,36 @@ def test_hog_bins_follow_edge_orientation():
     assert hv.argmax() == 0 and hv[0] == hv.sum() > 0
     assert hh.argmax() == 4 and hh[4] == hh.sum() > 0
     assert hog_cells(torch.ones(1, 3, 16, 16)).abs().sum() == 0  # flat image: no gradients
+
+
+def test_random_keep_never_masks_a_whole_sample():
+    """On the small grids of CPU-scale images a Bernoulli mask often masks everything; one cell stays."""
+    from methods._common import random_keep
+
+    torch.manual_seed(0)
+    keep = random_keep(512, 2, 4, 0.95, "cpu")
+    assert keep.flatten(1).sum(1).min() >= 1
+    wide = random_keep(64, 16, 16, 0.5, "cpu")
+    assert abs(wide.mean().item() - 0.5) < 0.03  # still Bernoulli where a full mask is improbable
+
+
+def test_mim_recon_on_cpu_scale_images_keeps_gradients_finite():
+    """64x128 images in 32-pixel blocks (8 per image) at a high mask ratio: before the fix, fully masked
+    (all-zero) images made the PVTv2 encoder's gradients NaN."""
+    from harness.models import create_segmentor
+    from methods import AUX_TASKS
+    from methods.base import StepContext
+
+    torch.manual_seed(0)
+    model = create_segmentor("daformer", backbone="pvt_v2_b0", num_classes=19, pretrained=None, embed_dim=64)
+    task = AUX_TASKS.get("mim")({"variant": "recon", "target": "pixel", "mask_ratio": 0.95,
+                                 "color_aug": False}, model, 19)
+    images = torch.randn(2, 3, 64, 128)
+    ctx = StepContext(iteration=0, source_image=images, source_label=torch.zeros(2, 64, 128, dtype=torch.long),
+                      target_image=images, target_label=None, student=model,
+                      mean=torch.zeros(1, 3, 1, 1), std=torch.ones(1, 3, 1, 1))
+    for _ in range(3):
+        model.zero_grad()
+        task(ctx)["pixel"].backward()
+        bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        assert bad == []
