@@ -58,18 +58,10 @@ for t in study.trials():
 
 
 def marked(token: str) -> list[int]:
-    """Live processes whose environment carries TOKEN=token."""
-    found, key = [], f"{TOKEN}={token}".encode()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            if key in (d / "environ").read_bytes().split(b"\0"):
-                if (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                    found.append(int(d.name))
-        except OSError:
-            continue
-    return found
+    """Live processes whose environment carries TOKEN=token (everything a run started)."""
+    from harness.runner import marked_processes
+
+    return sorted(marked_processes(token, env_key=TOKEN))
 
 
 def leftovers(token: str, grace: float = 20.0) -> list[int]:

@@ -107,10 +107,11 @@ def _owner_mark() -> str:
     return f"{os.getpid()}:{_start_time(os.getpid())}"
 
 
-def marked_processes(mark: str | None = None) -> dict[int, str]:
-    """pid -> owner mark of every process (of this user) carrying UDABENCH_RAY_OWNER [= mark]."""
+def marked_processes(mark: str | None = None, env_key: str = OWNER_ENV) -> dict[int, str]:
+    """pid -> value of every live process (of this user) whose environment carries env_key [= mark]
+    (UDABENCH_RAY_OWNER by default; tests and benchmarks mark what they start with their own key)."""
     found = {}
-    key = OWNER_ENV.encode() + b"="
+    key = env_key.encode() + b"="
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) == os.getpid():
             continue

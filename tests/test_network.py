@@ -118,19 +118,10 @@ def test_ray_env_for_ray_start_nodes(tmp_path, capsys):
 
 
 def marked(token: str) -> list[int]:
-    """Live processes whose environment carries TOKEN=token (everything a test's run started)."""
-    found, key = [], f"{TOKEN}={token}".encode()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            if key in (d / "environ").read_bytes().split(b"\0"):
-                state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":
-                    found.append(int(d.name))
-        except OSError:
-            continue
-    return found
+    """Live processes whose environment carries TOKEN=token (everything a run started)."""
+    from harness.runner import marked_processes
+
+    return sorted(marked_processes(token, env_key=TOKEN))
 
 
 def wait_gone(token: str, timeout: float = 20) -> list[int]:
