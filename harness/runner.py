@@ -550,6 +550,21 @@ def check_data(configs: list[RunConfig], root: str | Path) -> None:
                 raise UsageError(f"{cfg.name}: data.{split}: {e}") from None
 
 
+def data_hashes(configs: list[RunConfig], root: str | Path) -> list[str | None]:
+    """The data hash (`tracking.data_hash`) of each config's data as it is now under `root`, computed
+    once per distinct data config; None where it cannot be computed (missing data: check_data says why)."""
+    from harness import tracking
+
+    cache: dict[str, str | None] = {}
+    for cfg in configs:
+        if (key := cfg.data.model_dump_json()) not in cache:
+            try:
+                cache[key] = tracking.data_hash(absolutize(cfg, root, Path(root), 1))
+            except Exception:  # noqa: BLE001 - then no finished run counts as made on this data
+                cache[key] = None
+    return [cache[cfg.data.model_dump_json()] for cfg in configs]
+
+
 def run_study(study: Study, root: str | Path = ".", address: str | None = None, force: bool = False,
               cover: bool = False, num_cpus: int | None = None, num_gpus: int | None = None,
               train_fn: str = TRAIN_FN) -> Outcome:
@@ -565,8 +580,19 @@ def run_study(study: Study, root: str | Path = ".", address: str | None = None, 
         outcome.planned = len(trials)
         if not force:
             known = tracking.experiment_id(uri, study.name) if tracking.store_exists(uri) else None
-            done = tracking.finished_hashes(uri, known) if known else set()
-            todo = [t for t in trials if t.hash not in done]
+            done = tracking.finished_data_hashes(uri, known) if known else {}
+            now = data_hashes([t.config for t in trials], root) if done else [None] * len(trials)
+            todo, other = [], []  # other: (old data hashes, data hash now) of trials finished on other data
+            for t, h in zip(trials, now):
+                if h is None or h not in done.get(t.hash, ()):
+                    todo.append(t)
+                    if h is not None and t.hash in done:
+                        other.append((done[t.hash], h))
+            if other:
+                was = sorted({d[:16] or "none" for old, _ in other for d in old})
+                print(f"udabench: {len(other)} finished trial(s) of '{study.name}' were made on other data "
+                      f"(data hash {', '.join(was)} != {', '.join(sorted({h for _, h in other}))}); "
+                      "running them again")
             outcome.skipped = len(trials) - len(todo)
             if outcome.skipped:
                 print(f"udabench: {outcome.skipped} of {len(trials)} trial(s) of '{study.name}' already "

@@ -39,9 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = actions.add_parser("run", help="run a study's unfinished trials",
                            description="Run a study as a Ray Tune experiment; each trial is an MLflow "
                                        "run in the experiment named after the study. Trials whose "
-                                       "resolved config already finished in the tracking store are "
-                                       "skipped unless --force. MLFLOW_TRACKING_URI selects the store "
-                                       "(default: sqlite under <root>/mlruns).")
+                                       "resolved config already finished in the tracking store on the "
+                                       "same data (data hash) are skipped unless --force. "
+                                       "MLFLOW_TRACKING_URI selects the store (default: sqlite under "
+                                       "<root>/mlruns).")
     _common(r)
     r.add_argument("--scale", default="cpu", help=SCALE_HELP + " (default: cpu)")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -177,38 +178,50 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def status_rows(study, root: str = ".") -> list[dict[str, Any]]:
-    """One row per trial: axes, state (pending when never run), best target mIoU, time, run id."""
+    """One row per trial: axes, state (pending when never run), best target mIoU, time, run id. A trial's
+    run is the best-ended, then latest, of its runs on the data it would read now; failing that, of its
+    runs on other data, shown as e.g. 'FINISHED (other data)' (`study run` runs such a trial again)."""
     import math
     import time
 
     from harness import tracking
+    from harness.runner import data_hashes
 
     uri = tracking.tracking_uri(root)
     exp = tracking.experiment_id(uri, study.name) if tracking.store_exists(uri) else None
     runs = tracking.search(uri, exp, f"tags.scale = '{study.scale}'") if exp else []
     rank = {"FINISHED": 3, "RUNNING": 2, "FAILED": 1, "KILLED": 0}
 
-    def row(point: dict[str, Any], run) -> dict[str, Any]:
+    def row(point: dict[str, Any], run, data: str | None = None) -> dict[str, Any]:
         out: dict[str, Any] = dict(point)
         if run is None:
             return {**out, "state": "pending", "best_target_miou": None, "time_s": None, "run_id": ""}
         info = run.info
         end = info.end_time or int(time.time() * 1000)
         best = tracking.best_metric(uri, info.run_id, "target_miou")
-        return {**out, "state": info.status, "best_target_miou": None if math.isnan(best) else round(best, 2),
+        state = info.status if on_data(run, data) else f"{info.status} (other data)"
+        return {**out, "state": state, "best_target_miou": None if math.isnan(best) else round(best, 2),
                 "time_s": round((end - info.start_time) / 1000, 1), "run_id": info.run_id[:8]}
+
+    def on_data(run, data: str | None) -> bool:  # unknown data now (missing): any run counts
+        return data is None or run.data.tags.get("data_hash") == data
 
     if study.is_search:
         return [row({k: v for k, v in tracking.iter_tags(r, "axis.")}, r)
                 for r in sorted(runs, key=lambda r: r.info.start_time)]
+    trials = study.trials()
+    now = dict(zip([t.hash for t in trials], data_hashes([t.config for t in trials], root))) if runs else {}
+
+    def key(r) -> tuple:
+        data = now.get(r.data.tags.get("config_hash"))
+        return on_data(r, data), rank.get(r.info.status, 0), r.info.start_time
+
     best: dict[str, Any] = {}
     for r in runs:
         h = r.data.tags.get("config_hash")
-        cur = best.get(h)
-        if cur is None or (rank.get(r.info.status, 0), r.info.start_time) > (rank.get(cur.info.status, 0),
-                                                                          cur.info.start_time):
+        if h not in best or key(r) > key(best[h]):
             best[h] = r
-    return [row(t.point, best.get(t.hash)) for t in study.trials()]
+    return [row(t.point, best.get(t.hash), now.get(t.hash)) for t in trials]
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -274,8 +274,17 @@ def experiment_id(uri: str, name: str) -> str | None:
 
 def finished_hashes(uri: str, experiment_id: str) -> set[str]:
     """Config hashes of the experiment's finished runs."""
-    runs = search(uri, experiment_id, "attributes.status = 'FINISHED'")
-    return {r.data.tags["config_hash"] for r in runs if "config_hash" in r.data.tags}
+    return set(finished_data_hashes(uri, experiment_id))
+
+
+def finished_data_hashes(uri: str, experiment_id: str) -> dict[str, set[str]]:
+    """Config hash -> the data hashes (tag `data_hash`, '' when absent) of the experiment's finished runs
+    of that config: a trial is done only when it finished on the data it would read now."""
+    done: dict[str, set[str]] = {}
+    for r in search(uri, experiment_id, "attributes.status = 'FINISHED'"):
+        if "config_hash" in r.data.tags:
+            done.setdefault(r.data.tags["config_hash"], set()).add(r.data.tags.get("data_hash", ""))
+    return done
 
 
 def runs_by_trial(uri: str, experiment_id: str, ray_experiment: str) -> dict[str, Any]:

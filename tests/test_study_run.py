@@ -292,6 +292,51 @@ def test_interrupted_study_resumes_and_keeps_finished_trials(ray_local, project)
     assert sorted(r.data.tags["axis.seed"] for r in runs_of(project, "interrupt")) == ["0", "1", "2"]
 
 
+def test_finished_trials_run_again_when_their_data_changed(ray_local, tmp_path, synth_root, capsys,
+                                                           monkeypatch):
+    """A trial is done only when it finished on the data it would read now (tag data_hash): after the
+    synthetic set is regenerated with another seed it runs again; with the data unchanged it is skipped."""
+    import shutil
+
+    from harness.data.synthetic import SynthParams, generate, read_manifest
+    from harness.runner import run_study
+    from harness.study_commands import status_rows
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tmp_path / "datasets" / "synthetic"
+    shutil.copytree(synth_root, data)  # a copy: the session's set is shared
+    (tmp_path / "studies").mkdir()
+    path = write_study(tmp_path, "redata", """
+        description: one trial, on data that change
+        config: @CONFIGS@/daformer.yaml
+        grid: {seed: [0]}
+        """)
+    first = run_study(load_study(path, "smoke"), tmp_path)
+    assert (first.planned, first.finished, first.skipped) == (1, 1, 0)
+    [old] = runs_of(tmp_path, "redata")
+
+    params = SynthParams.model_validate(read_manifest(data)["params"])
+    generate(params.model_copy(update={"seed": 1}), data)  # as `udabench data synth` would, another seed
+    [row] = status_rows(load_study(path, "smoke"), tmp_path)
+    assert (row["state"], row["run_id"]) == ("FINISHED (other data)", old.info.run_id[:8])
+    capsys.readouterr()
+    second = run_study(load_study(path, "smoke"), tmp_path)
+    assert "1 finished trial(s) of 'redata' were made on other data" in capsys.readouterr().out
+    assert (second.planned, second.finished, second.skipped) == (1, 1, 0)
+    runs = runs_of(tmp_path, "redata")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    [new] = [r for r in runs if r.info.run_id != old.info.run_id]
+    assert new.data.tags["config_hash"] == old.data.tags["config_hash"]
+    assert new.data.tags["data_hash"] != old.data.tags["data_hash"]
+    [row] = status_rows(load_study(path, "smoke"), tmp_path)
+    assert (row["state"], row["run_id"]) == ("FINISHED", new.info.run_id[:8])
+
+    # the data unchanged: nothing runs
+    third = run_study(load_study(path, "smoke"), tmp_path)
+    assert (third.skipped, third.ray_experiment) == (1, None)
+    assert len(runs_of(tmp_path, "redata")) == 2
+
+
 # --------------------------------------------------------------------------------------------------
 # every shipped study, at smoke scale (lightning-hydra-template style: slow)
 
