@@ -336,6 +336,8 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         bar = tqdm(total=total, initial=self.iteration, desc=cfg.name, unit="it", dynamic_ncols=True,
                    disable=self.progress is False or (self.progress is None and not sys.stderr.isatty()))
+        # without a terminal (a log file, a Ray trial): a plain line every tenth of the schedule
+        plain_every = max(1, total // 10) if bar.disable and self.progress is None else 0
         metrics: dict[str, float] = self.history[-1] if self.history else {}
         try:
             while self.iteration < total:
@@ -344,11 +346,15 @@ class Trainer:
                 self.iteration += 1
                 steps += 1
                 bar.update(1)
-                if steps % cfg.log_interval == 0 or self.iteration == total:
+                plain = plain_every and self.iteration % plain_every == 0
+                if steps % cfg.log_interval == 0 or self.iteration == total or plain:
                     elapsed = time.perf_counter() - t_start
-                    loss = sum(v for k, v in sums.items() if not k.startswith("stat/"))
-                    bar.set_postfix(loss=f"{loss / steps:.3f}",
-                                    img_s=f"{2 * bs * steps / elapsed:.1f}")
+                    loss = sum(v for k, v in sums.items() if not k.startswith("stat/")) / steps
+                    img_s = 2 * bs * steps / elapsed
+                    bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{img_s:.1f}")
+                    if plain:
+                        print(f"[{cfg.name}] {self.iteration}/{total} ({100 * self.iteration // total}%) "
+                              f"loss {loss:.3f}, {img_s:.1f} img/s", file=sys.stderr, flush=True)
                 if self.iteration % cfg.eval.interval == 0 or self.iteration == total:
                     elapsed = time.perf_counter() - t_start
                     metrics = self.evaluate()

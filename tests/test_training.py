@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -112,3 +113,13 @@ def test_rare_class_sampling_prefers_rare_classes(synth_root):
     frac_rcs = np.mean([has_rare[rcs.index(k)[0]] for k in range(n)])
     assert frac_rcs > frac_plain
     assert [rcs.index(k) for k in range(20)] == [SampleStream(ds, 0, (0.01, 1)).index(k) for k in range(20)]
+
+
+def test_progress_without_a_terminal_prints_plain_lines(synth_root, tmp_path, capsys):
+    """Under pytest stderr is not a terminal: no progress bar, but a line per tenth of the schedule."""
+    train(smoke_cfg(synth_root, tmp_path, "schedule.iterations=10", "eval.interval=10"))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if re.search(r"\(\d+%\) loss", ln)]
+    assert len(lines) == 10, lines
+    assert lines[0].startswith("[run] 1/10 (10%) loss ") and lines[-1].startswith("[run] 10/10 (100%)")
+    train(smoke_cfg(synth_root, tmp_path / "quiet", "schedule.iterations=10"), progress=False)
+    assert "(10%)" not in capsys.readouterr().err
