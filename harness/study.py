@@ -23,6 +23,10 @@ A study file (`studies/*.yaml`) names a base run config and what varies:
       seed: 0
       params:
         mask_ratio: {type: uniform, low: 0.1, high: 0.9}
+    at_scale:                            # per scale, a smaller study where a scale cannot afford the
+      cpu:                               # whole one: axis values replace the grid's (same axes, a
+        grid: {mask_ratio: [0.1, 0.5]}   # subset of its values), or a search's sample count
+        # search: {num_samples: 8}
     resources: {cpu: 1, gpu: 0}          # per trial (default: the scale's)
     max_concurrent: 2                    # at most this many trials at once (default: as resources allow)
     max_failures: 1                      # retries of a failed trial, from its last checkpoint
@@ -118,6 +122,13 @@ class Resources(_Strict):
     gpu: float = Field(0, ge=0)
 
 
+class ScaleChanges(_Strict):
+    """`at_scale.<scale>`: a smaller study at that scale (a subset of each grid axis, fewer samples)."""
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    search: dict[Literal["num_samples"], int] = Field(default_factory=dict)
+
+
 class StudyFile(_Strict):
     name: str | None = None
     description: str = Field(min_length=1)
@@ -127,6 +138,7 @@ class StudyFile(_Strict):
     axes: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     search: SearchSpec | None = None
+    at_scale: dict[str, ScaleChanges] = Field(default_factory=dict)
     resources: Resources | None = None
     max_concurrent: int | None = Field(None, ge=1)
     max_failures: int = Field(1, ge=0)
@@ -669,6 +681,8 @@ def _parse_spec(data: dict[str, Any], probs: _Problems) -> StudyFile:
                         valid = list((SearchParam if len(loc) > 3 else SearchSpec).model_fields)
                     elif loc[0] == "resources":
                         valid = list(Resources.model_fields)
+                    elif loc[0] == "at_scale" and len(loc) == 3:
+                        valid = list(ScaleChanges.model_fields)
                     hint = closest(key, valid)
                     probs.add(where, f"unknown key{hint}" + (f"; valid keys: {', '.join(valid)}"
                                                              if valid and not hint else ""))
@@ -694,6 +708,45 @@ def _parse_spec(data: dict[str, Any], probs: _Problems) -> StudyFile:
                         return StudyFile(description="?", config="")
     return StudyFile(description="?", config="")
 
+
+
+def _apply_at_scale(spec: StudyFile, scale: str, probs: _Problems) -> StudyFile:
+    """Check every `at_scale` entry; return the spec with this scale's changes applied. An entry may
+    only shrink the study: a subset of an axis' values, fewer search samples."""
+    from harness.scales import SCALES
+
+    for key, changes in spec.at_scale.items():
+        where = f"at_scale.{key}"
+        if key not in SCALES:
+            probs.add(where, f"unknown scale{closest(key, SCALES)}; valid: {', '.join(SCALES)}")
+        for name, values in changes.grid.items():
+            if name not in spec.grid:
+                probs.add(f"{where}.grid.{name}", f"not an axis of this study's grid"
+                          f"{closest(name, spec.grid)}; axes: {', '.join(spec.grid) or 'none (a search)'}")
+                continue
+            if not values:
+                probs.add(f"{where}.grid.{name}", "expected a non-empty list of values")
+            for i, v in enumerate(values):
+                if v not in spec.grid[name]:
+                    probs.add(f"{where}.grid.{name}[{i}]", f"{v!r} is not a value of grid.{name} "
+                              f"({', '.join(map(str, spec.grid[name]))}); at_scale only selects values")
+        if "num_samples" in changes.search:
+            n = changes.search["num_samples"]
+            if spec.search is None:
+                probs.add(f"{where}.search", "this study has no 'search' block")
+            elif not 1 <= n <= spec.search.num_samples:
+                probs.add(f"{where}.search.num_samples", f"expected an integer in [1, "
+                          f"{spec.search.num_samples}] (search.num_samples), got {n}")
+    changes = spec.at_scale.get(scale)
+    if changes is None:
+        return spec
+    grid = {k: ([v for v in vs if v in changes.grid[k]] if k in changes.grid else vs)
+            for k, vs in spec.grid.items()}
+    search = spec.search
+    if search is not None and "num_samples" in changes.search:
+        search = search.model_copy(update={"num_samples": min(search.num_samples,
+                                                              changes.search["num_samples"])})
+    return spec.model_copy(update={"grid": grid, "search": search})
 
 
 def load_study(path: str | Path, scale: str = "cpu", overrides: list[str] | None = None) -> Study:
@@ -723,6 +776,7 @@ def load_study(path: str | Path, scale: str = "cpu", overrides: list[str] | None
         if key not in SCALES:
             probs.add(f"expected_runtime.{key}", f"unknown scale{closest(key, SCALES)}; valid: "
                       f"{', '.join(SCALES)}")
+    spec = _apply_at_scale(spec, scale, probs)
 
     # the base config
     base: dict[str, Any] = {}

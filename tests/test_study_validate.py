@@ -163,6 +163,18 @@ BAD = {
         config: @CONFIGS@/deeplabv2.yaml
         grid: {model.options.output_strid: [8]}
         """, ["grid.model.options.output_strid[0]: model.options: output_strid: unknown key"]),
+    "at_scale_adds_values": ("""
+        description: x
+        config: @CONFIGS@/daformer_mfm.yaml
+        grid: {mask_ratio: [0.2, 0.4], seed: [0, 1]}
+        at_scale:
+          cpu: {grid: {mask_ratoi: [0.2], seed: [0, 5]}, serch: {num_samples: 2}}
+          cpuu: {search: {num_samples: 2}}
+        """, ["at_scale.cpu.grid.mask_ratoi: not an axis of this study's grid (did you mean 'mask_ratio'?)",
+              "at_scale.cpu.grid.seed[1]: 5 is not a value of grid.seed (0, 1); at_scale only selects values",
+              "at_scale.cpu.serch: unknown key (did you mean 'search'?)",
+              "at_scale.cpuu: unknown scale (did you mean 'cpu'?)",
+              "at_scale.cpuu.search: this study has no 'search' block"]),
 }
 
 
@@ -319,3 +331,29 @@ def test_status_table_joins_trials_with_the_tracking_store(tmp_path, capsys):
     assert out[0].startswith(f"study '{study.name}' at scale 'smoke': 3 trial(s);")
     assert {"1 finished", "1 failed", "1 pending"} <= {p.strip() for p in out[0].split(";")[1].split(",")}
     assert out[1].split() == ["seed", "state", "best_target_miou", "time_s", "run_id"]
+
+
+def test_at_scale_selects_a_subset_at_that_scale_only(tmp_path):
+    path = write(tmp_path, """
+        description: x
+        config: @CONFIGS@/daformer_mfm.yaml
+        grid: {mask_ratio: [0.2, 0.4, 0.6], seed: [0, 1, 2]}
+        at_scale:
+          cpu: {grid: {mask_ratio: [0.6, 0.2]}}   # file order is kept
+          smoke: {grid: {seed: [1]}}
+        """)
+    points = {scale: [t.point for t in load_study(path, scale).trials()] for scale in ("smoke", "demo", "cpu")}
+    assert points["smoke"] == [{"mask_ratio": m, "seed": 1} for m in (0.2, 0.4, 0.6)]
+    assert len(points["demo"]) == 9
+    assert points["cpu"] == [{"mask_ratio": m, "seed": s} for m in (0.2, 0.6) for s in (0, 1, 2)]
+    search = write(tmp_path, """
+        description: x
+        config: @CONFIGS@/daformer_mfm.yaml
+        search: {num_samples: 16, params: {mask_ratio: {type: uniform, low: 0.1, high: 0.9}}}
+        at_scale: {cpu: {search: {num_samples: 6}}}
+        """, "search.yaml")
+    assert load_study(search, "cpu").spec.search.num_samples == 6
+    assert load_study(search, "demo").spec.search.num_samples == 16
+    search.write_text(search.read_text().replace("num_samples: 6", "num_samples: 20"))
+    with pytest.raises(StudyError, match=r"at_scale.cpu.search.num_samples: expected an integer in \[1, 16\]"):
+        load_study(search, "demo")  # every entry is checked, whatever the scale
