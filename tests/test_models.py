@@ -77,6 +77,23 @@ def test_num_classes_option(x):
     assert model(x).shape[1] == 7
 
 
+def test_deeplabv2_group_norm_has_no_batch_statistics(x):
+    """norm=group: no BatchNorm and no running statistics, so an image's output in training mode does
+    not depend on the other images of its batch (with BatchNorm it does)."""
+    def outputs(norm):
+        torch.manual_seed(0)
+        model = create_segmentor("deeplabv2", backbone="resnet18", output_stride=16, norm=norm).train()
+        return model, model(x)[:1], model(torch.cat([x[:1], 5 * x[1:]]))[:1]
+
+    model, alone, mixed = outputs("group")
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert not any("running" in name for name, _ in model.named_buffers())
+    torch.testing.assert_close(alone, mixed)
+    model, alone, mixed = outputs("batch")
+    assert any("running_mean" in name for name, _ in model.named_buffers())
+    assert not torch.allclose(alone, mixed)
+
+
 @pytest.mark.parametrize("dilations", [(6, 12, 18, 24), (6, 12)])
 def test_aspp_is_a_sum_of_dilated_convs(dilations, x):
     model = create_segmentor("deeplabv2", backbone="resnet18", aspp_dilations=dilations).eval()

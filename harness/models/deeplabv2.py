@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field
+from timm.layers import GroupNorm
 from torch import nn
 
 from harness.models.base import Segmentor, create_encoder
@@ -43,12 +44,14 @@ class DeepLabV2(Segmentor):
     class Options(Segmentor.Options):
         aspp_dilations: tuple[int, ...] = Field((6, 12, 18, 24), min_length=1)  # (6, 12): reduced variant
         output_stride: Literal[8, 16, 32] = 8
+        norm: Literal["batch", "group"] = "batch"  # group: timm GroupNorm(32), no running statistics
 
     def __init__(self, backbone: str = "resnet101", num_classes: int = 19,
                  pretrained: str | Path | None = None, **options) -> None:
         opts = self.parse_options(options)
+        norm = {"norm_layer": GroupNorm} if opts.norm == "group" else {}
         encoder = create_encoder(backbone, out_indices=(-1,), pretrained=pretrained,
-                                 output_stride=opts.output_stride, **opts.encoder_options)
+                                 output_stride=opts.output_stride, **norm, **opts.encoder_options)
         channels = encoder.feature_info.channels()[-1]
         head = ASPPClassifier(channels, num_classes, tuple(opts.aspp_dilations))
         super().__init__(encoder, head, backbone, num_classes)
