@@ -77,7 +77,7 @@ def test_partial_section_keeps_that_sections_defaults():
 
 @pytest.mark.parametrize(("config", "sets", "backbone", "options"), [
     ("daformer.yaml", [], "pvt_v2_b0", {"embed_dim": 64}),
-    ("deeplabv2.yaml", [], "resnet18", {"output_stride": 8, "norm": "group"}),
+    ("deeplabv2.yaml", [], "resnet18", {"output_stride": 16, "norm": "group"}),
     ("base.yaml", ["model.arch=daformer"], "pvt_v2_b0", {"embed_dim": 64}),  # the arch --set picks
     ("daformer.yaml", ["model.backbone=pvt_v2_b1"], "pvt_v2_b1", {"embed_dim": 64}),  # --set wins
 ])

@@ -356,7 +356,7 @@ def _mix(x: Any, y: Any, t: float) -> Any:
 
 # The default distance of the target from the source (see `mix_styles`), measured with DeepLab-v2
 # ResNet-18 from random initialisation: datasets/README.md, "Calibrating the gap".
-DEFAULT_GAP = 0.65
+DEFAULT_GAP = 0.75
 
 
 def resolve_styles(overrides: dict[str, dict[str, Any]] | None = None, gap: float = DEFAULT_GAP,
