@@ -16,6 +16,9 @@ A study file (`studies/*.yaml`) names a base run config and what varies:
     grid:                                # an ablation: the cartesian product of the axes
       mask_ratio: [0.1, 0.3, 0.5]
       seed: [0, 1, 2]
+    # grid:                              # ... or a list of such blocks (same axes): the union of
+    #   - {mask_ratio: [0.1, 0.3, 0.5], seed: [0, 1, 2]}    # their products, in file order (a
+    #   - {mask_ratio: [0.3], seed: [3, 4]}                 # repeated point runs once)
     search:                              # ... or a search (Optuna through Ray Tune), not both
       metric: target_miou
       mode: max
@@ -47,7 +50,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,7 +138,7 @@ class StudyFile(_Strict):
     config: str
     set: dict[str, Any] = Field(default_factory=dict)
     axes: dict[str, Any] = Field(default_factory=dict)
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    grid: Any = Field(default_factory=dict)  # {axis: [values]} or a list of them (checked by _grid_blocks)
     search: SearchSpec | None = None
     at_scale: dict[str, ScaleChanges] = Field(default_factory=dict)
     resources: Resources | None = None
@@ -433,6 +435,7 @@ class Study:
     axes: dict[str, Axis]
     overrides: list[str] = field(default_factory=list)
     text_hash: str = ""
+    blocks: list[dict[str, list[Any]]] = field(default_factory=list)  # the grid's blocks at this scale
     _trials: list[Trial] | None = None
 
     @property
@@ -470,19 +473,22 @@ class Study:
         """The grid's trials in file order (a search study: none). `cover`: a small subset in which
         every value of every axis appears at least once (a quick check of the whole study)."""
         if self._trials is None:
-            names = list(self.spec.grid)
-            points = [dict(zip(names, combo)) for combo in itertools.product(*self.spec.grid.values())]
             self._trials = []
-            for i, p in enumerate(points):
+            for i, p in enumerate(grid_points(self.blocks)):
                 cfg = validate_config(self.raw(p), str(self.path))
                 cfg.name = f"{self.name}/{_point_name(p)}"
                 self._trials.append(Trial(i, p, cfg))
-        if not cover or not self.spec.grid:
+        if not cover or not self.blocks:
             return list(self._trials)
-        values = list(self.spec.grid.values())
-        wanted = [[v[k % len(v)] for v in values] for k in range(max(len(v) for v in values))]
-        keys = [list(t.point.values()) for t in self._trials]
-        return [self._trials[keys.index(w)] for w in wanted]
+        keys = [t.point for t in self._trials]
+        chosen: list[int] = []
+        for block in self.blocks:  # per block, the diagonal: every value of every axis at least once
+            values = list(block.values())
+            for k in range(max(len(v) for v in values)):
+                i = keys.index(dict(zip(block, [v[k % len(v)] for v in values])))
+                if i not in chosen:
+                    chosen.append(i)
+        return [self._trials[i] for i in chosen]
 
     def resources(self) -> dict[str, float]:
         from harness.scales import SCALES
@@ -522,6 +528,53 @@ def _cast(param: SearchParam, value: Any) -> Any:
 
 def _point_name(point: dict[str, Any]) -> str:
     return ",".join(f"{k}={_fmt_value(v)}" for k, v in point.items()) or "base"
+
+
+def grid_points(blocks: list[dict[str, list[Any]]]) -> list[dict[str, Any]]:
+    """The union of the blocks' cartesian products, in file order; a point in two blocks comes once."""
+    points: list[dict[str, Any]] = []
+    for block in blocks:
+        for combo in itertools.product(*block.values()):
+            point = dict(zip(block, combo))
+            if point not in points:
+                points.append(point)
+    return points
+
+
+def _grid_blocks(spec: StudyFile, probs: _Problems) -> tuple[list[tuple[str, dict[str, list[Any]]]],
+                                                               dict[str, list[Any]]]:
+    """The grid as [(location, block)] and the union of each axis' values. A list of blocks must
+    name the same axes in each block (they are the table's columns)."""
+    def values_of(where: str, block: Any) -> dict[str, list[Any]]:
+        if not isinstance(block, dict):
+            probs.add(where, f"expected a mapping of axis -> list of values, got {block!r}")
+            return {}
+        for name, values in list(block.items()):
+            if not isinstance(values, list):
+                probs.add(f"{where}.{name}", f"expected a list of values, got {values!r}")
+                block = {k: v for k, v in block.items() if k != name}
+        return {str(k): v for k, v in block.items()}
+
+    if not isinstance(spec.grid, list):
+        grid = values_of("grid", spec.grid) if spec.grid else {}
+        return ([("grid", grid)] if grid else []), dict(grid)
+    blocks = [(f"grid[{b}]", values_of(f"grid[{b}]", block)) for b, block in enumerate(spec.grid)]
+    if not blocks:
+        probs.add("grid", "expected a mapping of axis -> values, or a non-empty list of them")
+    names = list(blocks[0][1]) if blocks else []
+    for where, block in blocks:
+        if not block:
+            probs.add(where, "expected a non-empty mapping of axis -> values")
+        elif list(block) != names:
+            probs.add(where, f"expected the axes of grid[0] ({', '.join(names)}) in that order, got "
+                      f"{', '.join(block)}")
+    union: dict[str, list[Any]] = {}
+    for _, block in blocks:
+        for name, values in block.items():
+            for v in values:
+                if not isinstance(v, dict | list) and v not in union.setdefault(name, []):
+                    union[name].append(v)
+    return blocks, union
 
 
 # --------------------------------------------------------------------------------------------------
@@ -712,7 +765,8 @@ def _parse_spec(data: dict[str, Any], probs: _Problems) -> StudyFile:
 
 def _apply_at_scale(spec: StudyFile, scale: str, probs: _Problems) -> StudyFile:
     """Check every `at_scale` entry; return the spec with this scale's changes applied. An entry may
-    only shrink the study: a subset of an axis' values, fewer search samples."""
+    only shrink the study: a subset of an axis' values, fewer search samples. `spec.grid` is the
+    mapping of each axis' values here (a list of blocks: the union of their values)."""
     from harness.scales import SCALES
 
     for key, changes in spec.at_scale.items():
@@ -720,6 +774,8 @@ def _apply_at_scale(spec: StudyFile, scale: str, probs: _Problems) -> StudyFile:
         if key not in SCALES:
             probs.add(where, f"unknown scale{closest(key, SCALES)}; valid: {', '.join(SCALES)}")
         for name, values in changes.grid.items():
+            if spec.search is None and not spec.grid:
+                break  # no usable grid: reported already
             if name not in spec.grid:
                 probs.add(f"{where}.grid.{name}", f"not an axis of this study's grid"
                           f"{closest(name, spec.grid)}; axes: {', '.join(spec.grid) or 'none (a search)'}")
@@ -740,13 +796,16 @@ def _apply_at_scale(spec: StudyFile, scale: str, probs: _Problems) -> StudyFile:
     changes = spec.at_scale.get(scale)
     if changes is None:
         return spec
-    grid = {k: ([v for v in vs if v in changes.grid[k]] if k in changes.grid else vs)
-            for k, vs in spec.grid.items()}
+    grid = _select(spec.grid, changes.grid)
     search = spec.search
     if search is not None and "num_samples" in changes.search:
         search = search.model_copy(update={"num_samples": min(search.num_samples,
                                                               changes.search["num_samples"])})
     return spec.model_copy(update={"grid": grid, "search": search})
+
+
+def _select(block: dict[str, list[Any]], keep: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    return {k: ([v for v in vs if v in keep[k]] if k in keep else vs) for k, vs in block.items()}
 
 
 def load_study(path: str | Path, scale: str = "cpu", overrides: list[str] | None = None) -> Study:
@@ -763,11 +822,15 @@ def load_study(path: str | Path, scale: str = "cpu", overrides: list[str] | None
         probs.add("--scale", f"unknown scale '{scale}'{closest(scale, SCALES)}; valid: {', '.join(SCALES)}")
         probs.raise_if_any()
     spec = _parse_spec(data, probs)
+    n_before = len(probs.items)
+    located_blocks, union = _grid_blocks(spec, probs)
+    spec = spec.model_copy(update={"grid": union})
+    grid_broken = len(probs.items) > n_before  # then say nothing more about the grid's absence
 
     if spec.name is not None and not _NAME.match(spec.name):
         probs.add("name", f"'{spec.name}': use letters, digits, '_', '.', '-' (it names the MLflow "
                   "experiment and the results folder)")
-    if not spec.grid and spec.search is None:
+    if not spec.grid and spec.search is None and not grid_broken:
         probs.add("grid", "a study needs a 'grid' (an ablation) or a 'search' block")
     if spec.grid and spec.search is not None:
         probs.add("search", "a study has either a 'grid' or a 'search' block, not both (Optuna does not "
@@ -777,6 +840,12 @@ def load_study(path: str | Path, scale: str = "cpu", overrides: list[str] | None
             probs.add(f"expected_runtime.{key}", f"unknown scale{closest(key, SCALES)}; valid: "
                       f"{', '.join(SCALES)}")
     spec = _apply_at_scale(spec, scale, probs)
+    if scale in spec.at_scale:  # the blocks at this scale: each with the selected values, empty ones dropped
+        keep = spec.at_scale[scale].grid
+        located_blocks = [(w, _select(b, keep)) for w, b in located_blocks]
+        located_blocks = [(w, b) for w, b in located_blocks if all(b.values())]
+        if not located_blocks and union:
+            probs.add(f"at_scale.{scale}.grid", "selects no trial: no grid block keeps a value of every axis")
 
     # the base config
     base: dict[str, Any] = {}
@@ -807,23 +876,28 @@ def load_study(path: str | Path, scale: str = "cpu", overrides: list[str] | None
     defined = _check_axes(spec, probs)
     axes: dict[str, Axis] = {}
     axis_values: dict[str, list[tuple[str, Any]]] = {}  # axis -> [(where, value)]
-    if spec.grid:
-        for name, values in spec.grid.items():
-            axis = _resolve_axis(name, defined)
+    rejected: set[str] = set()
+    for block_at, block in located_blocks:
+        for name, values in block.items():
+            if name in rejected:
+                continue
+            axis = axes.get(name) or _resolve_axis(name, defined)
             if axis is None:
-                probs.add(f"grid.{name}", f"unknown axis{closest(name, [*AXES, *defined, AUX_AXIS])}; "
+                probs.add(f"{block_at}.{name}", f"unknown axis{closest(name, [*AXES, *defined, AUX_AXIS])}; "
                           f"define it under 'axes:' (name: config.path) or use a config path such as "
                           f"method.aux.mfm.options.mask_ratio; built-in axes: {', '.join([*AXES, AUX_AXIS])}")
+                rejected.add(name)
                 continue
             if axis.path and (why := _check_path(axis.path)):
-                probs.add(f"grid.{name}", why)
+                probs.add(f"{block_at}.{name}", why)
+                rejected.add(name)
                 continue
             axes[name] = axis
             if not values:
-                probs.add(f"grid.{name}", "expected a non-empty list of values")
+                probs.add(f"{block_at}.{name}", "expected a non-empty list of values")
             seen: list[Any] = []
             for i, v in enumerate(values):
-                where = f"grid.{name}[{i}]"
+                where = f"{block_at}.{name}[{i}]"
                 if isinstance(v, dict | list):
                     probs.add(where, f"expected a single value, got {v!r}")
                     continue
@@ -831,6 +905,8 @@ def load_study(path: str | Path, scale: str = "cpu", overrides: list[str] | None
                     probs.add(where, f"duplicate value {v!r}")
                     continue
                 seen.append(v)
+                if any(v == known for _, known in axis_values.get(name, [])):
+                    continue  # the same value in an earlier block: checked there
                 if axis.variants is not None and str(v) not in axis.variants:
                     probs.add(where, f"unknown {name} '{v}'{closest(str(v), axis.variants)}; valid: "
                               f"{', '.join(axis.variants)}")
@@ -882,7 +958,7 @@ def load_study(path: str | Path, scale: str = "cpu", overrides: list[str] | None
     structural = bool(probs.items)
 
     study = Study(path=path, spec=spec, scale=scale, base=base, axes=axes, overrides=list(overrides or []),
-                  text_hash=text_hash)
+                  text_hash=text_hash, blocks=[b for _, b in located_blocks])
 
     # the base (no axis values) at this scale
     def check(point: dict[str, Any]) -> list[tuple[str, str]]:
@@ -917,12 +993,10 @@ def load_study(path: str | Path, scale: str = "cpu", overrides: list[str] | None
                         probs.add(where, f"{cpath}: {msg}" if cpath else msg)
 
     # every grid trial made of valid values (problems of a combination, e.g. a task the host can't feed)
-    if spec.grid and not structural:
-        names = list(spec.grid)
+    if study.blocks and not structural:
         known = set(base_known)
         more = 0
-        for i, combo in enumerate(itertools.product(*spec.grid.values())):
-            point = dict(zip(names, combo))
+        for i, point in enumerate(grid_points(study.blocks)):
             if any((k, repr(v)) in bad_values for k, v in point.items()):
                 continue
             for cpath, msg in check(point):
@@ -944,9 +1018,9 @@ def study_summary(study: Study) -> str:
         s = study.spec.search
         return (f"search of {s.num_samples} trial(s) over {', '.join(s.params)} ({s.mode} {s.metric}, "
                 f"Optuna seed {s.seed})")
-    n = math.prod(len(v) for v in study.spec.grid.values())
-    axes = " x ".join(f"{k}({len(v)})" for k, v in study.spec.grid.items())
-    return f"grid of {n} trial(s): {axes}"
+    n = len(grid_points(study.blocks))
+    blocks = [" x ".join(f"{k}({len(v)})" for k, v in block.items()) for block in study.blocks]
+    return f"grid of {n} trial(s): {' + '.join(blocks)}"
 
 
 def dump_point(point: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from harness.cli import main
 from harness.scales import SCALES
-from harness.study import StudyError, load_study
+from harness.study import StudyError, load_study, study_summary
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "studies").glob("*.yaml"))
@@ -175,6 +175,23 @@ BAD = {
               "at_scale.cpu.serch: unknown key (did you mean 'search'?)",
               "at_scale.cpuu: unknown scale (did you mean 'cpu'?)",
               "at_scale.cpuu.search: this study has no 'search' block"]),
+    "grid_blocks": ("""
+        description: x
+        config: @CONFIGS@/deeplabv2.yaml
+        grid:
+          - {host: [source_only, dacs], seed: [0, 1]}
+          - {host: [dacs, dacz, dacs], seed: [2]}
+          - {seed: [3], host: [dacs]}
+          - {host: dacs, seed: [4]}
+        """, ["grid[1].host[1]: unknown host method 'dacz' (did you mean 'dacs'?)",
+              "grid[1].host[2]: duplicate value 'dacs'",
+              "grid[2]: expected the axes of grid[0] (host, seed) in that order, got seed, host",
+              "grid[3].host: expected a list of values, got 'dacs'"]),
+    "grid_not_a_mapping": ("""
+        description: x
+        config: @CONFIGS@/deeplabv2.yaml
+        grid: {seed: 3}
+        """, ["grid.seed: expected a list of values, got 3"]),
 }
 
 
@@ -331,6 +348,35 @@ def test_status_table_joins_trials_with_the_tracking_store(tmp_path, capsys):
     assert out[0].startswith(f"study '{study.name}' at scale 'smoke': 3 trial(s);")
     assert {"1 finished", "1 failed", "1 pending"} <= {p.strip() for p in out[0].split(";")[1].split(",")}
     assert out[1].split() == ["seed", "state", "best_target_miou", "time_s", "run_id"]
+
+
+def test_grid_blocks_run_the_union_of_their_products_once_each(tmp_path):
+    path = write(tmp_path, """
+        description: x
+        config: @CONFIGS@/deeplabv2.yaml
+        grid:
+          - {host: [source_only, dacs, oracle], seed: [0, 1]}
+          - {host: [source_only, dacs], seed: [1, 2, 3]}   # seed 1 of both: already in the first block
+        at_scale:
+          cpu: {grid: {host: [dacs], seed: [0, 3]}}
+        """)
+    study = load_study(path, "smoke")
+    names = [t.name for t in study.trials()]
+    assert names == [f"host={h},seed={s}" for h in ("source_only", "dacs", "oracle") for s in (0, 1)] + [
+        f"host={h},seed={s}" for h in ("source_only", "dacs") for s in (2, 3)]
+    assert study_summary(study) == "grid of 10 trial(s): host(3) x seed(2) + host(2) x seed(3)"
+    cover = {(t.point["host"], t.point["seed"]) for t in study.trials(cover=True)}
+    assert {h for h, _ in cover} == {"source_only", "dacs", "oracle"} and {s for _, s in cover} == {0, 1, 2, 3}
+    assert len({t.hash for t in study.trials()}) == 10
+    cpu = load_study(path, "cpu")  # at_scale selects within each block
+    assert [t.name for t in cpu.trials()] == ["host=dacs,seed=0", "host=dacs,seed=3"]
+    # a point of a block is the same trial as in a plain grid (its finished runs are found again)
+    plain = write(tmp_path, """
+        description: x
+        config: @CONFIGS@/deeplabv2.yaml
+        grid: {host: [source_only, dacs], seed: [2, 3]}
+        """, "plain.yaml")
+    assert [t.hash for t in load_study(plain, "smoke").trials()] == [t.hash for t in study.trials()[6:]]
 
 
 def test_at_scale_selects_a_subset_at_that_scale_only(tmp_path):
