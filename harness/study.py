@@ -763,10 +763,12 @@ def _parse_spec(data: dict[str, Any], probs: _Problems) -> StudyFile:
 
 
 
-def _apply_at_scale(spec: StudyFile, scale: str, probs: _Problems) -> StudyFile:
-    """Check every `at_scale` entry; return the spec with this scale's changes applied. An entry may
-    only shrink the study: a subset of an axis' values, fewer search samples. `spec.grid` is the
-    mapping of each axis' values here (a list of blocks: the union of their values)."""
+def _apply_at_scale(spec: StudyFile, blocks: list[tuple[str, dict[str, list[Any]]]], scale: str,
+                    probs: _Problems) -> tuple[StudyFile, list[tuple[str, dict[str, list[Any]]]]]:
+    """Check every `at_scale` entry; return the spec and the located grid blocks with this scale's
+    changes applied. An entry may only shrink the study: a subset of an axis' values, fewer search
+    samples. `spec.grid` is the mapping of each axis' values here (a list of blocks: the union of
+    their values); a block left without a value of some axis is dropped."""
     from harness.scales import SCALES
 
     for key, changes in spec.at_scale.items():
@@ -795,13 +797,16 @@ def _apply_at_scale(spec: StudyFile, scale: str, probs: _Problems) -> StudyFile:
                           f"{spec.search.num_samples}] (search.num_samples), got {n}")
     changes = spec.at_scale.get(scale)
     if changes is None:
-        return spec
-    grid = _select(spec.grid, changes.grid)
+        return spec, blocks
+    kept = [(where, _select(block, changes.grid)) for where, block in blocks]
+    kept = [(where, block) for where, block in kept if all(block.values())]
+    if not kept and blocks:
+        probs.add(f"at_scale.{scale}.grid", "selects no trial: no grid block keeps a value of every axis")
     search = spec.search
     if search is not None and "num_samples" in changes.search:
         search = search.model_copy(update={"num_samples": min(search.num_samples,
                                                               changes.search["num_samples"])})
-    return spec.model_copy(update={"grid": grid, "search": search})
+    return spec.model_copy(update={"grid": _select(spec.grid, changes.grid), "search": search}), kept
 
 
 def _select(block: dict[str, list[Any]], keep: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -839,13 +844,7 @@ def load_study(path: str | Path, scale: str = "cpu", overrides: list[str] | None
         if key not in SCALES:
             probs.add(f"expected_runtime.{key}", f"unknown scale{closest(key, SCALES)}; valid: "
                       f"{', '.join(SCALES)}")
-    spec = _apply_at_scale(spec, scale, probs)
-    if scale in spec.at_scale:  # the blocks at this scale: each with the selected values, empty ones dropped
-        keep = spec.at_scale[scale].grid
-        located_blocks = [(w, _select(b, keep)) for w, b in located_blocks]
-        located_blocks = [(w, b) for w, b in located_blocks if all(b.values())]
-        if not located_blocks and union:
-            probs.add(f"at_scale.{scale}.grid", "selects no trial: no grid block keeps a value of every axis")
+    spec, located_blocks = _apply_at_scale(spec, located_blocks, scale, probs)
 
     # the base config
     base: dict[str, Any] = {}
