@@ -8,8 +8,9 @@ config, same data) and timed on this machine: start-up (model and data), `steps`
 
     start-up + iterations x step time + evaluations x (evaluation + checkpoint) time,
 
-and the study's wall time is the trials placed in file order on `concurrency` slots, each trial starting
-when a slot frees (as Ray Tune schedules them). Trials running side by side share memory bandwidth, so
+and the study's wall time is the trials placed in file order (or the costliest first, as
+`study run --order longest` starts them) on `concurrency` slots, each trial starting when a slot frees
+(as Ray Tune schedules them). Trials running side by side share memory bandwidth, so
 the wall time is multiplied by `contention` (1.0 = none). Searches: `num_samples` trials at the middle
 of every range. Measurements are shared between studies and scales with the same cost key (an
 evaluation is timed per image, so scales that evaluate more images reuse it).
@@ -62,7 +63,7 @@ class Estimate:
     concurrency: int
     contention: float
     groups: list[GroupCost] = field(default_factory=list)
-    order: list[int] = field(default_factory=list)  # each trial's group, in file order
+    order: list[int] = field(default_factory=list)  # each trial's group, in the order they start
     measured_in_s: float = 0.0
 
     @property
@@ -70,7 +71,7 @@ class Estimate:
         return sum(g.trials * g.trial_s for g in self.groups)
 
     def wall_s(self) -> float:
-        """The trials in file order on `concurrency` slots (each starts when a slot frees), x contention."""
+        """The trials in `order` on `concurrency` slots (each starts when a slot frees), x contention."""
         durations = [self.groups[i].trial_s for i in self.order]
         slots = [0.0] * max(1, min(self.concurrency, len(durations) or 1))
         heapq.heapify(slots)
@@ -180,9 +181,10 @@ def _val_images(cfg: RunConfig) -> int:
 def estimate(study: Study, root: str | Path = ".", steps: int = 5, warmup: int = 2,
              concurrency: int | None = None, contention: float = CONTENTION,
              threads: int | None = None, progress=print,
-             cache: dict[str, Measurement] | None = None) -> Estimate:
+             cache: dict[str, Measurement] | None = None, longest: bool = False) -> Estimate:
     """Measure one trial per cost group of `study` here (or take it from `cache`, shared between
-    studies and scales) and estimate the study's run time."""
+    studies and scales) and estimate the study's run time: trials in file order, or with `longest`
+    the costliest first (`study run --order longest`)."""
     import torch
 
     from harness.runner import absolutize
@@ -209,17 +211,54 @@ def estimate(study: Study, root: str | Path = ".", steps: int = 5, warmup: int =
                 progress(f"[{study.name} {study.scale} {n}/{len(groups)}] timing {describe(cfg)} "
                          f"({len(members)} trial(s)) ...")
                 cache[key] = measure(cfg, steps, warmup)
-            m = cache[key]
-            it = cfg.schedule.iterations
-            evals = len(set(range(cfg.eval.interval, it + 1, cfg.eval.interval)) | {it})
             index[key] = len(out.groups)
-            out.groups.append(GroupCost(describe(cfg), len(members), m.startup_s, m.step_s,
-                                        m.eval_image_s * _val_images(cfg) + m.save_s, it, evals))
+            out.groups.append(group_cost(cfg, len(members), cache[key]))
     finally:
         torch.set_num_threads(saved_threads)
     out.measured_in_s = time.perf_counter() - began
     out.order = [index[cost_key(t.config)] for t in trials]
+    if longest:  # as `study run --order longest` starts them
+        out.order.sort(key=lambda g: -out.groups[g].trial_s)
     return out
+
+
+def group_cost(cfg: RunConfig, trials: int, m: Measurement) -> GroupCost:
+    """A trial's cost from a measurement: start-up, its iterations' steps, its evaluations."""
+    it = cfg.schedule.iterations
+    evals = len(set(range(cfg.eval.interval, it + 1, cfg.eval.interval)) | {it})
+    return GroupCost(describe(cfg), trials, m.startup_s, m.step_s,
+                     m.eval_image_s * _val_images(cfg) + m.save_s, it, evals)
+
+
+def longest_first(trials: list[Trial], root: str | Path = ".", threads: int = 1, steps: int = 3,
+                  warmup: int = 1, progress=print) -> list[Trial]:
+    """`trials` with the costliest first (longest-processing-time-first scheduling): one trial of each
+    cost group is timed here as `estimate` does, with fewer steps (the order needs a ranking, not a
+    precise time; start-up is left out: the first group timed pays one-time imports, and the steps
+    dominate a real trial); file order among equal costs. In file order, a study whose long trials come last
+    (the auxiliary tasks after the plain host) leaves one slot idle while the last trial runs alone."""
+    import torch
+
+    from harness.runner import absolutize
+
+    groups: dict[str, list[Trial]] = {}
+    for t in trials:
+        groups.setdefault(cost_key(t.config), []).append(t)
+    if len(groups) < 2:
+        return list(trials)
+    cost: dict[str, float] = {}
+    saved_threads = torch.get_num_threads()
+    try:
+        for n, (key, members) in enumerate(groups.items(), 1):
+            cfg = absolutize(members[0].config, root, Path("unused"), threads)
+            torch.set_num_threads(cfg.threads or threads)
+            progress(f"udabench: ordering trials longest first: timing {n}/{len(groups)} "
+                     f"{describe(cfg)} ({len(members)} trial(s))")
+            g = group_cost(cfg, len(members), measure(cfg, steps, warmup))
+            cost[key] = g.trial_s - g.startup_s  # the first group timed pays one-time imports
+    finally:
+        torch.set_num_threads(saved_threads)
+    return sorted(trials, key=lambda t: -cost[cost_key(t.config)])
 
 
 def fmt_duration(seconds: float) -> str:

@@ -54,6 +54,7 @@ RAY_HOME = ".ray_home"
 META_FILE = "udabench.json"
 OWNER_ENV = "UDABENCH_RAY_OWNER"
 TRAIN_FN = "harness.training:train"
+ORDERS = ("file", "longest")  # the order a grid study's trials start in (`study run --order`)
 
 # For every Ray process we start, and for `ray start` nodes (see the module docstring).
 RAY_ENV = {
@@ -567,8 +568,10 @@ def data_hashes(configs: list[RunConfig], root: str | Path) -> list[str | None]:
 
 def run_study(study: Study, root: str | Path = ".", address: str | None = None, force: bool = False,
               cover: bool = False, num_cpus: int | None = None, num_gpus: int | None = None,
-              train_fn: str = TRAIN_FN) -> Outcome:
-    """Run the study's trials that have not finished yet (all with `force`) as one Tune experiment."""
+              train_fn: str = TRAIN_FN, order: str = "file") -> Outcome:
+    """Run the study's trials that have not finished yet (all with `force`) as one Tune experiment,
+    started in file order or, with `order="longest"`, the costliest first (measured here:
+    `harness.estimate.longest_first`)."""
     from harness import tracking
 
     root = Path(root).resolve()
@@ -605,7 +608,15 @@ def run_study(study: Study, root: str | Path = ".", address: str | None = None, 
     else:
         outcome.planned = study.spec.search.num_samples if not cover else min(2, study.spec.search.num_samples)
 
+    if order not in ORDERS:
+        raise ValueError(f"order: expected one of {', '.join(ORDERS)}, got {order!r}")
     check_data([t.config for t in trials] if trials is not None else [study.resolve({})], root)
+    if order == "longest" and trials is not None and len(trials) > 1:
+        from harness.estimate import longest_first
+
+        threads = max(1, int(study.resources()["cpu"] or 1))
+        trials = longest_first(trials, root, threads, progress=lambda m: print(m, flush=True))
+        print("udabench: start order: " + ", ".join(_name(t.point) for t in trials), flush=True)
     results = root / RESULTS_DIR
     name = f"{study.name}.{study.scale}.{time.strftime('%Y%m%d-%H%M%S')}"
     while (results / name).exists():

@@ -51,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--cover", action="store_true",
                    help="a quick check: only a few grid trials in which every axis value appears at least "
                         "once (a search: 2 samples)")
+    r.add_argument("--order", choices=("file", "longest"), default="file",
+                   help="start order of a grid's trials: file order (default), or longest: the costliest "
+                        "first, measured here by timing a few steps of each cost group as `study "
+                        "estimate` does (fills the slots better when costs differ)")
     r.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default: study file, then scale)")
     r.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (default: study file, then scale)")
     r.set_defaults(func=cmd_run)
@@ -76,7 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                            description="Estimate a study's run time on this machine: one trial of each "
                                        "cost group (same model, host and auxiliary tasks) is built and "
                                        "timed for a few real training steps and one evaluation; trials "
-                                       "are then placed on the concurrent slots in file order. Nothing "
+                                       "are then placed on the concurrent slots in file order (or "
+                                       "--order longest). Nothing "
                                        "is tracked or written (a temporary folder is used). See "
                                        "harness/estimate.py.")
     x.add_argument("studies", nargs="+", metavar="STUDY")
@@ -90,6 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--contention", type=float,
                    help="slow-down of trials running side by side (default: the measured factor in "
                         "harness/estimate.py)")
+    x.add_argument("--order", choices=("file", "longest"), default="file",
+                   help="start order of the trials, as `study run --order` (default: file)")
     x.add_argument("--json", metavar="PATH", help="also write the estimate as JSON")
     x.set_defaults(func=cmd_estimate)
 
@@ -167,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     study = _load(args, args.scale)
     return _report(run_study(study, args.root, args.address, force=args.force, cover=args.cover,
-                             num_cpus=args.num_cpus, num_gpus=args.num_gpus), args.root)
+                             num_cpus=args.num_cpus, num_gpus=args.num_gpus, order=args.order), args.root)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -268,7 +275,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     results = []
     for study in studies:
         res = est.estimate(study, args.root, args.steps, args.warmup, args.concurrency, contention,
-                           progress=lambda msg: print(msg, file=sys.stderr, flush=True), cache=cache)
+                           progress=lambda msg: print(msg, file=sys.stderr, flush=True), cache=cache,
+                           longest=args.order == "longest")
         results.append(res)
         print(f"study '{res.study}' at scale '{res.scale}': {res.trials} trial(s), "
               f"{len(res.groups)} cost group(s)")

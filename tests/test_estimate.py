@@ -120,3 +120,26 @@ def test_measurements_are_shared_between_studies_and_scales(project, capsys):
     assert (smoke["scale"], demo["scale"]) == ("smoke", "demo") and smoke2 == {**smoke2, "wall_s": smoke["wall_s"]}
     assert demo2["wall_s"] == demo["wall_s"] > smoke["wall_s"]
     assert demo["groups"][0]["iterations"] == 300 and demo["groups"][0]["evaluations"] == 1
+
+
+def test_longest_first_times_each_group_and_keeps_file_order_among_equals(project):
+    study = load_study(write(project, STUDY), "smoke")
+    said: list[str] = []
+    order = est.longest_first(study.trials(), project, progress=said.append)
+    assert len(said) == 2  # one timing per cost group
+    assert [t.point for t in order] == [{"aux": a, "seed": s} for a in ("mfm", "none") for s in (0, 1, 2)]
+    one = [t for t in study.trials() if t.point["aux"] == "none"]
+    assert est.longest_first(one, project, progress=said.append) == one and len(said) == 2  # nothing timed
+
+
+def test_estimate_with_longest_places_the_costliest_first(project):
+    """Measurements taken from the cache (no timing): the DACS group costs 1 s a step, MFM 3 s."""
+    study = load_study(write(project, STUDY), "smoke")
+    dacs, mfm = study.trials()[0].config, study.trials()[3].config
+    cache = {est.cost_key(dacs): est.Measurement(0, 1.0, 0, 0), est.cost_key(mfm): est.Measurement(0, 3.0, 0, 0)}
+    plain = est.estimate(study, project, concurrency=2, contention=1.0, cache=dict(cache), progress=None)
+    ranked = est.estimate(study, project, concurrency=2, contention=1.0, cache=dict(cache), progress=None,
+                          longest=True)
+    assert plain.order == [0, 0, 0, 1, 1, 1] and ranked.order == [1, 1, 1, 0, 0, 0]
+    # 4 steps a trial (4 s and 12 s) on 2 slots: file order ends at 28 s, the costliest first at 24 s
+    assert (plain.wall_s(), ranked.wall_s()) == (28, 24)
