@@ -92,6 +92,7 @@ class StudyData:
     mixed: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # tag -> value -> trial ids
     provenance: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    cut: str = ""
 
     @property
     def group_cols(self) -> list[str]:
@@ -245,6 +246,7 @@ class Selection:
     path: Path | None = None
     hashes: set[tuple[str, str]] | None = None   # (scale, config_hash) of the file's trials
     description: str = ""
+    cut: str = ""  # which `at_scale` cut of the grid the reported scales run
 
 
 def is_study_file(arg: str) -> bool:
@@ -260,7 +262,25 @@ def select(path: str | Path, scales: Sequence[str]) -> Selection:
     sel = Selection(first.name, Path(path), None, (first.spec.description or "").strip())
     if not first.is_search:
         sel.hashes = {(scale, t.hash) for scale, st in studies.items() for t in st.trials()}
+    sel.cut = " ".join(_cut(st) for st in studies.values() if st.scale in st.spec.at_scale)
     return sel
+
+
+def _cut(study) -> str:
+    """'At scale cpu this is the study's `at_scale.cpu` cut: ...' (what the page leaves out)."""
+    from harness.config import load_yaml
+    from harness.study import grid_points
+
+    changes = study.spec.at_scale[study.scale]
+    kept = "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in changes.grid.items())
+    if "num_samples" in changes.search:
+        kept = "; ".join(filter(None, [kept, f"{changes.search['num_samples']} search samples"]))
+    text = f"At scale `{study.scale}` this is the study's `at_scale.{study.scale}` cut ({kept})"
+    if not study.is_search:
+        grid = load_yaml(study.path).get("grid")
+        full = len(grid_points(grid if isinstance(grid, list) else [grid]))
+        text += f": {len(study.trials())} of the grid's {full} trials"
+    return text + "; the description above is the whole study."
 
 
 def tidy(df: pd.DataFrame, study: str, opts: ReportOptions, selection: Selection | None = None
@@ -388,7 +408,8 @@ def tidy(df: pd.DataFrame, study: str, opts: ReportOptions, selection: Selection
                                       f"{span.total_seconds() / 60:.1f} min from the first start to the last end")
     return StudyData(name=study, runs=out.reset_index(drop=True), axes=axes, protocol=protocol,
                      metric=metric, classes=classes, excluded=excluded, mixed=mixed,
-                     provenance=provenance, description=selection.description if selection else "")
+                     provenance=provenance, description=selection.description if selection else "",
+                     cut=selection.cut if selection else "")
 
 
 def _sort_key(values: pd.Series) -> pd.Series:
@@ -946,6 +967,8 @@ def page(data: StudyData, tables: list[Table], figures: list[tuple[str, str]], o
     desc = data.description or _study_description(data.name)
     if desc:
         lines += [desc, ""]
+    if data.cut:
+        lines += [data.cut, ""]
     seeds = ", ".join(sorted(set(runs["seed"]), key=lambda v: (len(v), v)))
     excluded = ", ".join(f"{v} {k}" for k, v in data.excluded.items())
     lines += [

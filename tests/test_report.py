@@ -280,3 +280,23 @@ def test_hosts_table_pairs_each_host_with_source_only(tmp_path):
             pytest.approx(ci.low, abs=1e-4), pytest.approx(ci.high, abs=1e-4))
     page = (out / "gap_0" / "README.md").read_text()
     assert "## Paired gain over source_only" in page
+
+
+def test_page_says_which_at_scale_cut_it_shows(tmp_path):
+    """A study reported at a scale with an `at_scale` cut says so, with the trials kept of the grid's."""
+    from harness.report import select
+
+    configs = Path(__file__).resolve().parents[1] / "studies" / "configs"
+    path = tmp_path / "cut.yaml"
+    path.write_text(f"""
+description: a cut study
+config: {configs / 'daformer.yaml'}
+grid:
+  - {{aux: [none, mfm], seed: [0, 1, 2]}}
+  - {{aux: [none], seed: [3]}}
+at_scale:
+  cpu: {{grid: {{seed: [0]}}}}
+""")
+    assert select(path, ["cpu"]).cut == ("At scale `cpu` this is the study's `at_scale.cpu` cut (seed 0): 2 of "
+                                         "the grid's 7 trials; the description above is the whole study.")
+    assert select(path, ["smoke"]).cut == ""
