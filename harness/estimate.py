@@ -52,7 +52,13 @@ class GroupCost:
 
     @property
     def trial_s(self) -> float:
-        return self.startup_s + self.iterations * self.step_s + self.evaluations * self.eval_s
+        return self.startup_s + self.work_s
+
+    @property
+    def work_s(self) -> float:
+        """The trial without start-up: what ranks trials for `--order longest` (the first group timed
+        pays one-time imports in its start-up, and the steps dominate a real trial)."""
+        return self.iterations * self.step_s + self.evaluations * self.eval_s
 
 
 @dataclass
@@ -185,15 +191,8 @@ def estimate(study: Study, root: str | Path = ".", steps: int = 5, warmup: int =
     """Measure one trial per cost group of `study` here (or take it from `cache`, shared between
     studies and scales) and estimate the study's run time: trials in file order, or with `longest`
     the costliest first (`study run --order longest`)."""
-    import torch
-
-    from harness.runner import absolutize
-
     cache = {} if cache is None else cache
     trials = study_trials(study)
-    groups: dict[str, list[Trial]] = {}
-    for t in trials:
-        groups.setdefault(cost_key(t.config), []).append(t)
     cpu_per_trial = study.resources()["cpu"] or 1
     if concurrency is None:
         slots = max(1, int((os.cpu_count() or 1) // cpu_per_trial))
@@ -201,42 +200,22 @@ def estimate(study: Study, root: str | Path = ".", steps: int = 5, warmup: int =
     threads = threads or max(1, int(cpu_per_trial))
     out = Estimate(study.name, study.scale, len(trials), concurrency, contention)
     began = time.perf_counter()
-    saved_threads = torch.get_num_threads()
-    try:
-        index = {}
-        for n, (key, members) in enumerate(groups.items(), 1):
-            cfg = absolutize(members[0].config, root, Path("unused"), threads)
-            if key not in cache:
-                torch.set_num_threads(cfg.threads or threads)
-                progress(f"[{study.name} {study.scale} {n}/{len(groups)}] timing {describe(cfg)} "
-                         f"({len(members)} trial(s)) ...")
-                cache[key] = measure(cfg, steps, warmup)
-            index[key] = len(out.groups)
-            out.groups.append(group_cost(cfg, len(members), cache[key]))
-    finally:
-        torch.set_num_threads(saved_threads)
+    costs = group_costs(trials, root, threads, steps, warmup, cache,
+                        lambda n, total, what: progress(f"[{study.name} {study.scale} {n}/{total}] "
+                                                        f"timing {what} ..."))
     out.measured_in_s = time.perf_counter() - began
+    index = {key: i for i, key in enumerate(costs)}
+    out.groups = list(costs.values())
     out.order = [index[cost_key(t.config)] for t in trials]
     if longest:  # as `study run --order longest` starts them
-        out.order.sort(key=lambda g: -out.groups[g].trial_s)
+        out.order.sort(key=lambda g: -out.groups[g].work_s)
     return out
 
 
-def group_cost(cfg: RunConfig, trials: int, m: Measurement) -> GroupCost:
-    """A trial's cost from a measurement: start-up, its iterations' steps, its evaluations."""
-    it = cfg.schedule.iterations
-    evals = len(set(range(cfg.eval.interval, it + 1, cfg.eval.interval)) | {it})
-    return GroupCost(describe(cfg), trials, m.startup_s, m.step_s,
-                     m.eval_image_s * _val_images(cfg) + m.save_s, it, evals)
-
-
-def longest_first(trials: list[Trial], root: str | Path = ".", threads: int = 1, steps: int = 3,
-                  warmup: int = 1, progress=print) -> list[Trial]:
-    """`trials` with the costliest first (longest-processing-time-first scheduling): one trial of each
-    cost group is timed here as `estimate` does, with fewer steps (the order needs a ranking, not a
-    precise time; start-up is left out: the first group timed pays one-time imports, and the steps
-    dominate a real trial); file order among equal costs. In file order, a study whose long trials come last
-    (the auxiliary tasks after the plain host) leaves one slot idle while the last trial runs alone."""
+def group_costs(trials: list[Trial], root: str | Path, threads: int, steps: int, warmup: int,
+                cache: dict[str, Measurement], progress) -> dict[str, GroupCost]:
+    """The cost of each cost group of `trials` (by `cost_key`, in file order): one trial of the group
+    timed here, unless `cache` has it. `progress(n, groups, description)` before each timing."""
     import torch
 
     from harness.runner import absolutize
@@ -244,21 +223,38 @@ def longest_first(trials: list[Trial], root: str | Path = ".", threads: int = 1,
     groups: dict[str, list[Trial]] = {}
     for t in trials:
         groups.setdefault(cost_key(t.config), []).append(t)
-    if len(groups) < 2:
-        return list(trials)
-    cost: dict[str, float] = {}
+    out: dict[str, GroupCost] = {}
     saved_threads = torch.get_num_threads()
     try:
         for n, (key, members) in enumerate(groups.items(), 1):
             cfg = absolutize(members[0].config, root, Path("unused"), threads)
-            torch.set_num_threads(cfg.threads or threads)
-            progress(f"udabench: ordering trials longest first: timing {n}/{len(groups)} "
-                     f"{describe(cfg)} ({len(members)} trial(s))")
-            g = group_cost(cfg, len(members), measure(cfg, steps, warmup))
-            cost[key] = g.trial_s - g.startup_s  # the first group timed pays one-time imports
+            if key not in cache:
+                torch.set_num_threads(cfg.threads or threads)
+                progress(n, len(groups), f"{describe(cfg)} ({len(members)} trial(s))")
+                cache[key] = measure(cfg, steps, warmup)
+            m = cache[key]
+            it = cfg.schedule.iterations
+            evals = len(set(range(cfg.eval.interval, it + 1, cfg.eval.interval)) | {it})
+            out[key] = GroupCost(describe(cfg), len(members), m.startup_s, m.step_s,
+                                 m.eval_image_s * _val_images(cfg) + m.save_s, it, evals)
     finally:
         torch.set_num_threads(saved_threads)
-    return sorted(trials, key=lambda t: -cost[cost_key(t.config)])
+    return out
+
+
+def longest_first(trials: list[Trial], root: str | Path = ".", threads: int = 1, steps: int = 3,
+                  warmup: int = 1, progress=print) -> list[Trial]:
+    """`trials` with the costliest first (longest-processing-time-first scheduling), ranked by
+    `GroupCost.work_s` of one trial per cost group timed here, with fewer steps than `estimate` (the
+    order needs a ranking, not a precise time); file order among equal costs. In file order, a study
+    whose long trials come last (the auxiliary tasks after the plain host) leaves one slot idle while
+    the last trial runs alone."""
+    if len({cost_key(t.config) for t in trials}) < 2:
+        return list(trials)
+    costs = group_costs(trials, root, threads, steps, warmup, {},
+                        lambda n, total, what: progress(f"udabench: ordering trials longest first: "
+                                                        f"timing {n}/{total} {what}"))
+    return sorted(trials, key=lambda t: -costs[cost_key(t.config)].work_s)
 
 
 def fmt_duration(seconds: float) -> str:

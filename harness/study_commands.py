@@ -20,6 +20,8 @@ SCALE_HELP = "scale preset: smoke (seconds), demo (minutes), cpu (the synthetic 
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from harness.runner import ORDERS  # light: harness.runner imports ray and mlflow only when used
+
     p = sub.add_parser(
         "study", help="run, resume and inspect studies (Ray Tune + MLflow)",
         description="Studies are YAML files (studies/*.yaml) naming a base run config and a grid of "
@@ -51,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--cover", action="store_true",
                    help="a quick check: only a few grid trials in which every axis value appears at least "
                         "once (a search: 2 samples)")
-    r.add_argument("--order", choices=("file", "longest"), default="file",
+    r.add_argument("--order", choices=ORDERS, default="file",
                    help="start order of a grid's trials: file order (default), or longest: the costliest "
                         "first, measured here by timing a few steps of each cost group as `study "
                         "estimate` does (fills the slots better when costs differ)")
@@ -95,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--contention", type=float,
                    help="slow-down of trials running side by side (default: the measured factor in "
                         "harness/estimate.py)")
-    x.add_argument("--order", choices=("file", "longest"), default="file",
+    x.add_argument("--order", choices=ORDERS, default="file",
                    help="start order of the trials, as `study run --order` (default: file)")
     x.add_argument("--json", metavar="PATH", help="also write the estimate as JSON")
     x.set_defaults(func=cmd_estimate)
