@@ -1,7 +1,7 @@
 """What the auxiliary tasks cost to train: step time and peak memory of `dacs` + each task relative to
 `dacs` alone, on both CPU-scale architectures, and MFM's overhead for each Rebuilder preset.
 
-Every measurement goes through the real engine: `harness.training.Trainer` built from a run config,
+Every measurement goes through the real engine: `harness.engine.training.Trainer` built from a run config,
 then `Trainer.step` (host step, auxiliary losses, backward, optimiser step, EMA update) on batches of
 the synthetic benchmark that are loaded before the clock starts (data loading is the same for every
 variant and is not what is compared). Each (repeat, architecture, variant) runs in a fresh process
@@ -68,7 +68,7 @@ def ensure_data(workdir: Path, size: int) -> Path:
 
 
 def run_config(arch: str, variant: str, data_root: Path, size: int, batch: int, out: Path):
-    from harness.config import load_config
+    from harness.engine.resolve import load_config
 
     overrides = [f"data.{p}.root={data_root}" for p in ("source", "target", "val")]
     overrides += [f"model.arch={arch}", f"model.backbone={ARCHS[arch]}", "method.host=dacs",
@@ -87,8 +87,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from torch.utils.data import default_collate
 
+    from harness.engine.training import Trainer
     from harness.env import offline
-    from harness.training import Trainer
 
     offline()
     torch.set_num_threads(1)

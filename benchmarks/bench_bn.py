@@ -34,10 +34,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from harness import checkpoint as ckpt
     from harness.config import RunConfig
+    from harness.engine import checkpoint as ckpt
+    from harness.engine.training import Trainer
     from harness.env import offline
-    from harness.training import Trainer
 
     offline()
     torch.set_num_threads(1)

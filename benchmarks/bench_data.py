@@ -123,10 +123,10 @@ def gap_curve(checkpoint: str, gaps: list[float], n: int) -> int:
     from PIL import Image
 
     torch.set_num_threads(1)
-    from harness import checkpoint as ckpt
     from harness.config import RunConfig
     from harness.data.synthetic import SynthParams, render_index, resolve_styles
-    from harness.evaluation import evaluate
+    from harness.engine import checkpoint as ckpt
+    from harness.engine.evaluation import evaluate
     from harness.labels import CLASSES
     from harness.models import create_segmentor
 

@@ -2,7 +2,7 @@
 
 The limit is measured, not looked up: float32 `torch.mm` of two large square matrices (2 n^3 FLOPs
 each), best of several repeats, with one torch thread (what a CPU-scale trial gets) and with every
-core. The step is the real engine's: `harness.training.Trainer` built from the CPU-scale config of
+core. The step is the real engine's: `harness.engine.training.Trainer` built from the CPU-scale config of
 benchmarks/bench_aux.py (dacs, crop 128, batch 2, one thread), `Trainer.step` on batches loaded before
 the clock starts; its FLOPs come from `torch.utils.flop_counter.FlopCounterMode` around one step
 (forward, backward and the teacher's pseudo-labelling; matmuls and convolutions).
@@ -62,7 +62,7 @@ def step_rate(arch: str, data_root: Path, size: int, batch: int, steps: int, war
     from torch.utils.data import default_collate
     from torch.utils.flop_counter import FlopCounterMode
 
-    from harness.training import Trainer
+    from harness.engine.training import Trainer
 
     torch.set_num_threads(1)
     cfg = run_config(arch, "dacs", data_root, size, batch, workdir / "runs" / f"hw-{arch}")

@@ -1,9 +1,9 @@
 """Inference parity: a model trained with an auxiliary task costs nothing extra once trained.
 
-For each CPU-scale architecture, the real engine (`harness.training.train`) trains the host method
+For each CPU-scale architecture, the real engine (`harness.engine.training.train`) trains the host method
 (`dacs`) and the host with MFM (`+mfm base`, the released Rebuilder) from the same config for a few
 iterations; each run's checkpoint is loaded the way `udabench eval` loads it
-(`harness.models.commands.load_model`: the student only). Then, on one whole validation-sized image:
+(`harness.cli.eval.load_model`: the student only). Then, on one whole validation-sized image:
 parameters, FLOPs (`torch.utils.flop_counter.FlopCounterMode`) and forward latency, one torch thread,
 `torch.inference_mode`, the two models alternating call by call so load on the shared machine hits both
 alike. Latency is CPU time of the (single-threaded) forward, which other load on the machine does not
@@ -37,8 +37,8 @@ HOST, WITH_MFM = "dacs", "+mfm base"
 
 def trained(arch: str, variant: str, data_root: Path, size: int, iterations: int, workdir: Path):
     """Train `variant` for `iterations` through the engine; return (student, config, aux params)."""
-    from harness.models.commands import load_model
-    from harness.training import Trainer
+    from harness.cli.eval import load_model
+    from harness.engine.training import Trainer
 
     out = workdir / "inference" / f"{arch}-{variant.replace(' ', '_').replace('+', '')}"
     cfg = run_config(arch, variant, data_root, size, 2, out)

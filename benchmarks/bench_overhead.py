@@ -3,7 +3,7 @@
 
 Every measurement is the wall time of one fresh process, imports included, on a fresh project folder
 (its own MLflow store): the loop process resolves the study's trials exactly as the runner does
-(`load_study`, `harness.runner.absolutize`, one torch thread) and calls `harness.training.train` on
+(`load_study`, `harness.study.trials.absolutize`, one torch thread) and calls `harness.engine.training.train` on
 each in turn; the study process is the real command. The study is a grid over seeds of
 studies/configs/daformer.yaml at a scale (default smoke, with `--iterations` iterations and one
 evaluation at the end), once with `max_concurrent: 1` (trials one after another, like the loop) and
@@ -46,9 +46,9 @@ import sys, time
 from pathlib import Path
 from harness.env import offline
 offline()
-from harness.runner import absolutize
-from harness.study import load_study
-from harness.training import train
+from harness.study.trials import absolutize
+from harness.study.load import load_study
+from harness.engine.training import train
 study_file, scale, root = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 study = load_study(study_file, scale, sys.argv[4:])
 for t in study.trials():
@@ -59,7 +59,7 @@ for t in study.trials():
 
 def marked(token: str) -> list[int]:
     """Live processes whose environment carries TOKEN=token (everything a run started)."""
-    from harness.runner import marked_processes
+    from harness.study.session import marked_processes
 
     return sorted(marked_processes(token, env_key=TOKEN))
 
@@ -108,7 +108,7 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> float:
 def trial_times(root: Path) -> tuple[list[float], float]:
     """Durations (end - start) of the study's MLflow runs, and the span from the first start to the
     last end (the trial phase, without Ray's start and shutdown)."""
-    from harness import tracking
+    from harness.study import tracking
 
     uri = tracking.default_tracking_uri(root)
     runs = tracking.search(uri, tracking.experiment_id(uri, "overhead"))

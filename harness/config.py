@@ -3,6 +3,9 @@
 A run config file may name a `base:` file (relative to itself); the variant's keys are merged over the
 base, so a variant changes one field (detectron2 LazyConfig style). Unknown or mistyped keys are
 rejected with the closest valid name (nanoGPT style); every error names the file and the field.
+
+This module is the schema only (it imports nothing above the foundation). Loading a run config and
+checking its registry names (architecture, host, auxiliary tasks) is `harness.engine.resolve`.
 """
 
 from __future__ import annotations
@@ -246,59 +249,17 @@ def format_validation_error(err: ValidationError, source: str, model: type[BaseM
     return "\n".join(lines)
 
 
-def validate(data: dict[str, Any], source: str = "<config>") -> RunConfig:
+def validate_schema(data: dict[str, Any], source: str = "<config>") -> RunConfig:
+    """The typed config of `data`, checked against the schema only. Names that live in registries
+    (architecture, host, auxiliary tasks) are checked a layer up, by `harness.engine.resolve.validate`."""
     # Merge over the full defaults first, so a partial section (`data.val.root=x`) keeps the defaults
     # of that section (val: target/val) rather than the generic defaults of its type.
     if isinstance(data, dict):
         data = deep_merge(RunConfig().to_dict(), data)
     try:
-        cfg = RunConfig.model_validate(data)
+        return RunConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source, RunConfig)) from None
-    _check_names(cfg, source)
-    return cfg
-
-
-def _check_names(cfg: RunConfig, source: str) -> None:
-    """Names that live in registries (model, method, aux tasks) are checked here, with valid lists."""
-    from harness.models import MODELS
-    from harness.registry import UnknownNameError
-
-    try:
-        MODELS.get(cfg.model.arch)
-    except UnknownNameError as e:
-        raise ConfigError(f"{source}: model.arch: {e}") from None
-    from methods import AUX_TASKS, HOSTS
-    try:
-        HOSTS.get(cfg.method.host)
-    except UnknownNameError as e:
-        raise ConfigError(f"{source}: method.host: {e}") from None
-    for name, aux in cfg.method.aux.items():
-        try:
-            task = AUX_TASKS.get(name)
-        except UnknownNameError as e:
-            raise ConfigError(f"{source}: method.aux.{name}: {e}") from None
-        if getattr(task, "needs_pseudo_labels", False) and not HOSTS.get(cfg.method.host).provides_pseudo_labels:
-            raise ConfigError(
-                f"{source}: method.aux.{name}: needs the teacher's pseudo-labels, which host "
-                f"'{cfg.method.host}' does not provide; use a self-training host such as 'dacs'")
-        options_model = getattr(task, "Options", None)
-        if options_model is not None:
-            try:
-                options_model.model_validate(aux.options)
-            except ValidationError as e:
-                raise ConfigError(format_validation_error(
-                    e, f"{source}: method.aux.{name}.options", options_model)) from None
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                extra: dict[str, Any] | None = None) -> RunConfig:
-    """Load a run config file (or the defaults), merge `extra` (e.g. a scale preset), apply overrides."""
-    data = load_raw(path) if path is not None else {}
-    if extra:
-        data = deep_merge(data, extra)
-    data = apply_overrides(data, overrides)
-    return validate(data, str(path) if path else "<defaults>")
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

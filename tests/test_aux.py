@@ -15,7 +15,8 @@ from harness.env import offline
 
 offline()
 
-from harness.config import ConfigError, load_config  # noqa: E402
+from harness.config import ConfigError  # noqa: E402
+from harness.engine.resolve import load_config  # noqa: E402
 from harness.labels import IGNORE_INDEX  # noqa: E402
 from harness.models import create_segmentor  # noqa: E402
 from methods import AUX_TASKS  # noqa: E402

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from harness import checkpoint as ckpt
-from harness.config import load_config
+from harness.engine import checkpoint as ckpt
+from harness.engine.resolve import load_config
+from harness.engine.training import train
 from harness.models import create_segmentor
 from harness.scales import scale_overlay
-from harness.training import train
 
 ARCHS = {"deeplabv2": "resnet18", "daformer": "pvt_v2_b0"}
 # task -> (method.aux entry, the loss names it logs, a key of its own checkpointed parts)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import ConfigError, load_config, save_config
+from harness.config import ConfigError, save_config
+from harness.engine.resolve import load_config
 
 
 def test_defaults_are_the_reference_recipe():

@@ -30,7 +30,7 @@ convert:
   sets: {}
 """
 DATA_STAGES = ("synth", "convert")
-CODE = ["harness/data/synthetic.py", "harness/data/io.py", "harness/labels.py", "harness/data/convert.py",
+CODE = ["harness/data/synthetic", "harness/data/io.py", "harness/labels.py", "harness/data/convert.py",
         "harness/data/layouts.py"]
 
 
@@ -64,7 +64,10 @@ def make_repo(env, path: Path) -> Path:
     (path / "params.yaml").write_text(TINY_PARAMS)
     for f in CODE:
         (path / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / f, path / f)
+        if (REPO / f).is_dir():
+            shutil.copytree(REPO / f, path / f, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPO / f, path / f)
     sh(env, path, "dvc", "init", "-q")
     sh(env, path, "dvc", "config", "core.analytics", "false")
     sh(env, path, "git", "add", "-A")

@@ -16,6 +16,7 @@ import pytest
 from harness.config import ConfigError
 from harness.data import synthetic as S
 from harness.data.io import read_class_counts, read_label, read_rgb
+from harness.data.synthetic import writing
 from harness.labels import CLASSES, IGNORE_INDEX, TRAIN_ID
 
 SMALL = {"source": {"train": 4}, "target": {"val": 3}, "target-fog": {"val": 2}, "target-night": {"val": 2}}
@@ -202,7 +203,7 @@ def test_failed_generation_leaves_the_existing_dataset_untouched(tmp_path, monke
             raise RuntimeError("disk full")
         return real(styles, p, domain, split, index)
 
-    monkeypatch.setattr(S, "render_index", failing)
+    monkeypatch.setattr(writing, "render_index", failing)  # what `generate` calls
     with pytest.raises(RuntimeError, match="disk full"):
         S.generate(params.model_copy(update={"seed": 5}), out)
     assert tree_bytes(out) == before

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import estimate as est
 from harness.cli import main
-from harness.study import load_study
+from harness.study import estimate as est
+from harness.study.load import load_study
 
 CONFIGS = Path(__file__).resolve().parents[1] / "studies" / "configs"
 

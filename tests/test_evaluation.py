@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness.evaluation import MEAN, STD, ConfusionMatrix, evaluate, slide_inference
+from harness.engine.evaluation import MEAN, STD, ConfusionMatrix, evaluate, slide_inference
 from harness.labels import TRAIN_ID
 from harness.models import create_segmentor
 

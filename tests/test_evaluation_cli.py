@@ -8,11 +8,12 @@ import pytest
 import torch
 import yaml
 
-from harness import checkpoint as ckpt
 from harness.cli import main
-from harness.config import ConfigError, load_config
+from harness.cli.eval import dataset_config, load_model
+from harness.config import ConfigError
+from harness.engine import checkpoint as ckpt
+from harness.engine.resolve import load_config
 from harness.models import create_segmentor
-from harness.models.commands import dataset_config, load_model
 from harness.scales import scale_overlay
 
 torch.set_num_threads(1)
@@ -95,7 +96,7 @@ def test_bad_data_argument_is_a_usage_error(tmp_path, capsys):
 def test_eval_prints_the_table_and_writes_json(synth_root, tmp_path, capsys):
     from harness.config import DatasetConfig
     from harness.data import build_dataset
-    from harness.evaluation import evaluate
+    from harness.engine.evaluation import evaluate
 
     _, cfg, model = write_checkpoint(tmp_path / "run", val_root=synth_root)
     out = tmp_path / "results" / "eval.json"

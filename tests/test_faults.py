@@ -170,7 +170,7 @@ def test_a_data_error_from_the_driver_is_exit_2_through_python_m_too(project):
 
 def _store_with_a_run(root: Path) -> None:
     """A project MLflow store that already holds a finished run (what must stay as it is)."""
-    from harness import tracking
+    from harness.study import tracking
 
     uri = tracking.default_tracking_uri(root)
     exp = tracking.ensure_experiment(uri, "earlier", root)

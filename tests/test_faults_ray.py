@@ -31,9 +31,9 @@ import pytest
 from test_network import cli_env, kill_marked, marked, runs, udabench, wait_for, wait_gone
 from test_study_run import GATE, project, ray_local, runs_of  # noqa: F401 - fixtures
 
-from harness import tracking
 from harness.cli import main
-from harness.study import load_study
+from harness.study import tracking
+from harness.study.load import load_study
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).resolve().parent
@@ -46,7 +46,7 @@ def gated_train(cfg, on_eval=None, resume=None):
     takes the block (renames it to `held`), writes its pid to `<gate>/reached` and waits while `held`
     exists (at most 5 minutes): a test can then kill the driver or this worker at a known point, after
     the evaluation's checkpoint was reported. Runs in Ray workers (tests/ is on their PYTHONPATH)."""
-    from harness.training import train
+    from harness.engine.training import train
 
     gate = Path(os.environ.get(GATE, "/nonexistent"))
 
@@ -108,7 +108,7 @@ def test_sigkilled_driver_mid_trial_resumes_to_the_table_of_an_uninterrupted_run
     token = uuid.uuid4().hex
     env = cli_env(token, **{GATE: str(gate), "PYTHONPATH": os.pathsep.join(
         p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)})
-    driver = ("import sys; from harness.runner import run_study; from harness.study import load_study\n"
+    driver = ("import sys; from harness.study.runner import run_study; from harness.study.load import load_study\n"
               f"sys.exit(run_study(load_study(sys.argv[1], 'smoke'), sys.argv[2], num_cpus=2, train_fn='{GATED}')"
               ".exit_code)")
     log = project / "driver.log"
@@ -168,7 +168,8 @@ def test_sigkilled_driver_mid_trial_resumes_to_the_table_of_an_uninterrupted_run
 
 
 def test_killed_ray_worker_retries_the_trial_from_its_checkpoint(ray_local, project):  # noqa: F811
-    from harness.runner import _owner_mark, marked_processes, run_study
+    from harness.study.runner import run_study
+    from harness.study.session import _owner_mark, marked_processes
 
     gate = Path(os.environ[GATE])
     for f in ("reached", "held"):

@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from harness.cli import main
-from harness.config import ConfigError, load_config
+from harness.cli.models import parameter_counts
+from harness.config import ConfigError
+from harness.engine.resolve import load_config
 from harness.env import offline
 from harness.models import MODELS, PAPER_BACKBONES, create_segmentor
 from harness.models.base import WeightsFileError, count_parameters
-from harness.models.commands import parameter_counts
 from harness.registry import UnknownNameError
 
 offline()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import tracking
+from harness.study import tracking
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "studies" / "configs"
@@ -119,7 +119,7 @@ def test_ray_env_for_ray_start_nodes(tmp_path, capsys):
 
 def marked(token: str) -> list[int]:
     """Live processes whose environment carries TOKEN=token (everything a run started)."""
-    from harness.runner import marked_processes
+    from harness.study.session import marked_processes
 
     return sorted(marked_processes(token, env_key=TOKEN))
 
@@ -302,16 +302,16 @@ def test_sigkilled_driver_orphans_are_reaped_and_resume_finishes(project):
 
 
 def test_reaper_ends_the_processes_of_a_dead_driver_and_only_those():
-    from harness import runner
+    from harness.study import session
 
     gone = subprocess.Popen(["true"])
     gone.wait()
     token = uuid.uuid4().hex
-    orphan = subprocess.Popen(["sleep", "300"], env=cli_env(token, **{runner.OWNER_ENV: f"{gone.pid}:1"}))
-    kept = subprocess.Popen(["sleep", "300"], env=cli_env(token, **{runner.OWNER_ENV: runner._owner_mark()}))
+    orphan = subprocess.Popen(["sleep", "300"], env=cli_env(token, **{session.OWNER_ENV: f"{gone.pid}:1"}))
+    kept = subprocess.Popen(["sleep", "300"], env=cli_env(token, **{session.OWNER_ENV: session._owner_mark()}))
     try:
         wait_for(lambda: len(marked(token)) == 2, 10, "both processes")
-        reaped = runner.reap_orphans()
+        reaped = session.reap_orphans()
         assert orphan.pid in reaped and kept.pid not in reaped
         assert orphan.wait(timeout=10) == -signal.SIGTERM
         assert kept.poll() is None
@@ -346,7 +346,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_scale_out_to_a_loopback_cluster_and_an_mlflow_server(project):
-    from harness.runner import ray_node_env
+    from harness.study.session import ray_node_env
 
     token = uuid.uuid4().hex
     ray_bin = str(Path(sys.executable).parent / "ray")

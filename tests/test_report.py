@@ -284,7 +284,7 @@ def test_hosts_table_pairs_each_host_with_source_only(tmp_path):
 
 def test_page_says_which_at_scale_cut_it_shows(tmp_path):
     """A study reported at a scale with an `at_scale` cut says so, with the trials kept of the grid's."""
-    from harness.report import select
+    from harness.report.runs import select
 
     configs = Path(__file__).resolve().parents[1] / "studies" / "configs"
     path = tmp_path / "cut.yaml"

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import tracking
 from harness.config import RunConfig
 from harness.labels import CLASSES
-from harness.study import load_study
+from harness.study import tracking
+from harness.study.load import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "studies" / "configs"
@@ -31,7 +31,7 @@ TAGS = {"study", "trial_id", "git_commit", "git_dirty", "data_hash", "config_has
 def ray_local(tmp_path_factory):
     """One local Ray for the module (start/stop costs seconds); run_study uses it and leaves it up.
     Workers can import this module (for the blocking train below): tests/ is on their PYTHONPATH."""
-    from harness.runner import ray_session
+    from harness.study.session import ray_session
 
     saved = {k: os.environ.get(k) for k in ("PYTHONPATH", GATE)}
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent), saved["PYTHONPATH"]) if p)
@@ -82,7 +82,7 @@ FOUR = """
 
 
 def test_smoke_study_four_trials_both_architectures_tracked_in_mlflow(ray_local, project, monkeypatch):
-    from harness.runner import run_study
+    from harness.study.runner import run_study
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     path = write_study(project, "four", FOUR)
@@ -127,7 +127,7 @@ def test_smoke_study_four_trials_both_architectures_tracked_in_mlflow(ray_local,
             value = r.data.metrics.get(key, math.nan)
             assert (row.split(",")[2] == "") if math.isnan(value) else float(row.split(",")[2]) == pytest.approx(value, abs=1e-4)
     assert (project / "ray_results" / out.ray_experiment / "udabench.json").is_file()
-    from harness.runner import _session_dir  # the trials' working copies left no checkpoint behind
+    from harness.study.session import _session_dir  # the trials' working copies left no checkpoint behind
 
     assert not list((_session_dir() / "artifacts").rglob("checkpoint.pt"))
     assert len(list((project / "ray_results" / out.ray_experiment).rglob("checkpoint.pt"))) == 4
@@ -137,7 +137,7 @@ def test_smoke_study_four_trials_both_architectures_tracked_in_mlflow(ray_local,
     assert (again.skipped, again.ray_experiment, again.exit_code) == (4, None, 0)
     assert len(runs_of(project, "four")) == 4
 
-    from harness.study_commands import status_rows
+    from harness.cli.study import status_rows
 
     path.write_text(path.read_text().replace("seed: [0, 1]", "seed: [0, 1, 2]"))
     rows = status_rows(load_study(path, "smoke"), project)
@@ -149,7 +149,7 @@ def test_smoke_study_four_trials_both_architectures_tracked_in_mlflow(ray_local,
 
 
 def test_optuna_search_of_three_trials(ray_local, project):
-    from harness.runner import run_study
+    from harness.study.runner import run_study
 
     path = write_study(project, "search3", """
         description: a small search
@@ -179,7 +179,7 @@ def test_optuna_search_of_three_trials(ray_local, project):
 
 
 def test_a_failing_trial_is_recorded_failed_while_the_others_finish(ray_local, project):
-    from harness.runner import run_study
+    from harness.study.runner import run_study
 
     path = write_study(project, "diverge", """
         description: one trial diverges
@@ -206,9 +206,9 @@ def test_a_failing_trial_is_recorded_failed_while_the_others_finish(ray_local, p
 
 def test_a_trial_asking_for_more_than_the_cluster_has_is_refused_before_anything_is_written(
         ray_local, project):
-    from harness.cli import UsageError
-    from harness.runner import run_study
-    from harness.study import Resources
+    from harness.errors import UsageError
+    from harness.study.runner import run_study
+    from harness.study.spec import Resources
 
     path = write_study(project, "gpu", """
         description: needs a GPU
@@ -232,7 +232,7 @@ def test_a_trial_asking_for_more_than_the_cluster_has_is_refused_before_anything
 def blocking_train(cfg, on_eval=None, resume=None):
     """The real training; seed 1 stops after its first evaluation while `<gate>/block` exists, so the
     test can interrupt the study at a known point (imported by the Ray workers)."""
-    from harness.training import train
+    from harness.engine.training import train
 
     gate = Path(os.environ.get(GATE, "/nonexistent"))
 
@@ -248,7 +248,7 @@ def blocking_train(cfg, on_eval=None, resume=None):
 
 
 def test_interrupted_study_resumes_and_keeps_finished_trials(ray_local, project):
-    from harness.runner import resume_study, run_study
+    from harness.study.runner import resume_study, run_study
 
     gate = Path(os.environ[GATE])
     path = write_study(project, "interrupt", """
@@ -298,9 +298,9 @@ def test_finished_trials_run_again_when_their_data_changed(ray_local, tmp_path, 
     synthetic set is regenerated with another seed it runs again; with the data unchanged it is skipped."""
     import shutil
 
+    from harness.cli.study import status_rows
     from harness.data.synthetic import SynthParams, generate, read_manifest
-    from harness.runner import run_study
-    from harness.study_commands import status_rows
+    from harness.study.runner import run_study
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data = tmp_path / "datasets" / "synthetic"
@@ -346,7 +346,7 @@ SHIPPED = sorted((REPO / "studies").glob("*.yaml"))
 @pytest.mark.slow
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_every_shipped_study_runs_at_smoke_scale(ray_local, project, path):
-    from harness.runner import run_study
+    from harness.study.runner import run_study
 
     study = load_study(path, "smoke")
     started = time.monotonic()
@@ -387,3 +387,24 @@ def test_order_longest_starts_the_costliest_trial_first(ray_local, project, caps
     runs = sorted(runs_of(project, "ordered"), key=lambda r: r.info.start_time)
     assert [r.data.tags["axis.aux"] for r in runs] == ["heavy", "none"]
     assert runs[0].info.end_time <= runs[1].info.start_time  # one at a time
+
+
+def test_resume_of_a_run_whose_train_function_moved_says_what_to_do(tmp_path):
+    """A study interrupted under an older layout (its udabench.json names `harness.training:train`) is
+    refused before Ray starts, with the command that finishes it (finished trials are skipped)."""
+    import json
+
+    from harness.cli import main
+    from harness.errors import UsageError
+    from harness.study.runner import META_FILE, resume_study
+
+    study_file = REPO / "studies" / "demo.yaml"
+    study = load_study(study_file, "smoke")
+    exp = tmp_path / "ray_results" / f"{study.name}.smoke.old"
+    exp.mkdir(parents=True)
+    (exp / META_FILE).write_text(json.dumps({"scale": "smoke", "overrides": [], "train_fn": "harness.training:train",
+                                             "study_file_hash": study.text_hash}))
+    with pytest.raises(UsageError, match=r"'harness\.training:train'.*udabench study run .*demo\.yaml --scale smoke"):
+        resume_study(study_file, tmp_path, experiment=exp)
+    assert main(["study", "resume", str(study_file), "--root", str(tmp_path), "--scale", "smoke"]) == 2
+    assert sorted(p.name for p in exp.iterdir()) == [META_FILE]  # nothing written

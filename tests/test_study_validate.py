@@ -12,7 +12,9 @@ import pytest
 
 from harness.cli import main
 from harness.scales import SCALES
-from harness.study import StudyError, load_study, study_summary
+from harness.study.load import load_study
+from harness.study.spec import StudyError
+from harness.study.trials import study_summary
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "studies").glob("*.yaml"))
@@ -319,7 +321,7 @@ def test_search_points_resolve_with_their_types(tmp_path):
 def test_status_table_joins_trials_with_the_tracking_store(tmp_path, capsys):
     import json
 
-    from harness import tracking
+    from harness.study import tracking
 
     path = write(tmp_path, """
         description: x

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import tracking
+from harness.study import tracking
 
 
 def test_default_store_is_absolute_and_the_env_overrides_it(tmp_path, monkeypatch):
@@ -88,7 +88,7 @@ def test_three_processes_create_and_fill_one_fresh_store_without_losing_runs(tmp
     import sys
 
     uri = tracking.default_tracking_uri(tmp_path)
-    code = ("import sys; from harness import tracking\n"
+    code = ("import sys; from harness.study import tracking\n"
             "exp = tracking.ensure_experiment(sys.argv[1], 's', sys.argv[3])\n"
             "for i in range(3):\n"
             "    r = tracking.TrialRun.open(sys.argv[1], exp, f'{sys.argv[2]}_{i}', 'x', 'n', "
@@ -117,7 +117,7 @@ def test_git_dirty_means_code_not_the_pipelines_records(tmp_path):
     """dvc.lock and stage outputs change while `dvc repro` runs: they do not make the code dirty."""
     import subprocess
 
-    from harness.tracking import git_state
+    from harness.study.tracking import git_state
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)

@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from harness import checkpoint as ckpt
-from harness.config import load_config
+from harness.engine import checkpoint as ckpt
+from harness.engine.resolve import load_config
+from harness.engine.training import TrainingDiverged, train
 from harness.scales import scale_overlay
-from harness.training import TrainingDiverged, train
 
 ARCHS = {"deeplabv2": "resnet18", "daformer": "pvt_v2_b0"}
 
@@ -100,7 +100,7 @@ def test_rare_class_sampling_prefers_rare_classes(synth_root):
 
     from harness.config import DatasetConfig
     from harness.data import build_dataset
-    from harness.training import SampleStream
+    from harness.engine.training import SampleStream
 
     ds = build_dataset(DatasetConfig(root=str(synth_root), domain="source"))
     counts = np.asarray(ds.class_pixel_counts())

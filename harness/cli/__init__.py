@@ -12,20 +12,18 @@ import importlib
 import sys
 
 from harness.env import offline
+from harness.errors import UsageError
 
-# (module, attribute): each registers one or more subcommands.
+# Each module registers one or more subcommands with `register(subparsers)`.
 COMMANDS = (
-    "harness.data.commands",
-    "harness.models.commands",
-    "harness.commands_train",
-    "harness.study_commands",
-    "harness.report_commands",
-    "harness.demo",
+    "harness.cli.data",
+    "harness.cli.models",
+    "harness.cli.train",
+    "harness.cli.eval",
+    "harness.cli.study",
+    "harness.cli.report",
+    "harness.cli.demo",
 )
-
-
-class UsageError(Exception):
-    """Raised by a command for bad arguments or input: printed as one line, exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,9 +71,3 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-
-
-if __name__ == "__main__":  # `python -m harness.cli`: run the imported module's main, so that the
-    from harness.cli import main as _main  # UsageError that other modules raise is the one caught here
-
-    raise SystemExit(_main())

@@ -89,7 +89,7 @@ def _dataset_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def _usage(e: Exception):
-    from harness.cli import UsageError
+    from harness.errors import UsageError
 
     return UsageError(str(e))
 

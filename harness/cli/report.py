@@ -39,8 +39,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.cli import UsageError
-    from harness.report import ReportError, ReportOptions, build_reports
+    from harness.errors import UsageError
+    from harness.report.page import build_reports
+    from harness.report.runs import ReportError, ReportOptions
 
     scale, per_study = None, {}
     for value in args.scale:

@@ -20,7 +20,9 @@ SCALE_HELP = "scale preset: smoke (seconds), demo (minutes), cpu (the synthetic 
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from harness.runner import ORDERS  # light: harness.runner imports ray and mlflow only when used
+    from harness.study.runner import (
+        ORDERS,  # light: harness.study.runner imports ray and mlflow only when used
+    )
 
     p = sub.add_parser(
         "study", help="run, resume and inspect studies (Ray Tune + MLflow)",
@@ -85,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "are then placed on the concurrent slots in file order (or "
                                        "--order longest). Nothing "
                                        "is tracked or written (a temporary folder is used). See "
-                                       "harness/estimate.py.")
+                                       "harness/study/estimate.py.")
     x.add_argument("studies", nargs="+", metavar="STUDY")
     x.add_argument("--scale", action="append", help=SCALE_HELP + "; repeatable (default: cpu)")
     x.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -96,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="trials at once (default: CPUs / CPUs per trial, capped by max_concurrent)")
     x.add_argument("--contention", type=float,
                    help="slow-down of trials running side by side (default: the measured factor in "
-                        "harness/estimate.py)")
+                        "harness/study/estimate.py)")
     x.add_argument("--order", choices=ORDERS, default="file",
                    help="start order of the trials, as `study run --order` (default: file)")
     x.add_argument("--json", metavar="PATH", help="also write the estimate as JSON")
@@ -105,7 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = actions.add_parser("ray-env", help="print the environment for `ray start` on this machine",
                            description="KEY=VALUE lines for `env $(udabench study ray-env) ray start ...`: "
                                        "usage stats off and a HOME whose ray_bootstrap_config.yaml stops "
-                                       "Ray's cloud-metadata probes (see harness/runner.py).")
+                                       "Ray's cloud-metadata probes (see harness/study/session.py).")
     e.add_argument("--root", default=".", help="project folder (default: the current directory)")
     e.set_defaults(func=cmd_ray_env)
 
@@ -121,7 +123,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from harness.scales import SCALES
-    from harness.study import StudyError, load_study, study_summary
+    from harness.study.load import load_study
+    from harness.study.spec import StudyError
+    from harness.study.trials import study_summary
 
     scales = args.scale or list(SCALES)
     problems = []
@@ -139,11 +143,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace, scale: str):
-    from harness.study import Resources, load_study
+    from harness.study.load import load_study
+    from harness.study.spec import Resources
 
     study = load_study(args.study, scale, getattr(args, "overrides", None))
     cpu, gpu = getattr(args, "cpus_per_trial", None), getattr(args, "gpus_per_trial", None)
-    from harness.cli import UsageError
+    from harness.errors import UsageError
 
     if cpu is not None and not cpu > 0:
         raise UsageError(f"--cpus-per-trial: expected a number > 0, got {cpu:g}")
@@ -156,7 +161,7 @@ def _load(args: argparse.Namespace, scale: str):
 
 
 def _report(outcome, root: str) -> int:
-    from harness import tracking
+    from harness.study import tracking
 
     if outcome.ray_experiment is None:
         return 0
@@ -172,7 +177,7 @@ def _report(outcome, root: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.runner import run_study
+    from harness.study.runner import run_study
 
     study = _load(args, args.scale)
     return _report(run_study(study, args.root, args.address, force=args.force, cover=args.cover,
@@ -180,7 +185,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from harness.runner import resume_study
+    from harness.study.runner import resume_study
 
     return _report(resume_study(args.study, args.root, args.scale, args.address, args.num_cpus,
                                 args.num_gpus, args.experiment), args.root)
@@ -193,8 +198,8 @@ def status_rows(study, root: str = ".") -> list[dict[str, Any]]:
     import math
     import time
 
-    from harness import tracking
-    from harness.runner import data_hashes
+    from harness.study import tracking
+    from harness.study.runner import data_hashes
 
     uri = tracking.tracking_uri(root)
     exp = tracking.experiment_id(uri, study.name) if tracking.store_exists(uri) else None
@@ -259,10 +264,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from harness import estimate as est
-    from harness.cli import UsageError
     from harness.data.io import atomic_write_text
-    from harness.study import load_study
+    from harness.errors import UsageError
+    from harness.study import estimate as est
+    from harness.study.load import load_study
 
     if args.steps < 1 or args.warmup < 0:
         raise UsageError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
@@ -295,7 +300,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_ray_env(args: argparse.Namespace) -> int:
-    from harness.runner import ray_node_env
+    from harness.study.session import ray_node_env
 
     for k, v in ray_node_env(args.root).items():
         print(f"{k}={v}")

@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def resolve_config(args: argparse.Namespace):
     """Config file < scale preset (with the recipe of the run's architecture) < --set, as in studies."""
-    from harness.config import RunConfig, apply_overrides, load_config, load_raw
+    from harness.config import RunConfig, apply_overrides, load_raw
+    from harness.engine.resolve import load_config
 
     overrides = list(args.overrides)
     if args.output:
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    from harness.training import TrainingDiverged, train
+    from harness.engine.training import TrainingDiverged, train
 
     try:
         metrics = train(cfg, resume=args.resume)

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness import checkpoint as ckpt
 from harness.config import RunConfig, save_config
+from harness.engine import checkpoint as ckpt
 from harness.labels import CLASSES, NUM_CLASSES
 
 MEAN = (123.675, 116.28, 103.53)
@@ -299,7 +299,7 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        from harness.evaluation import evaluate
+        from harness.engine.evaluation import evaluate
 
         e = self.cfg.eval
         loader = torch.utils.data.DataLoader(self.val, batch_size=1, shuffle=False,

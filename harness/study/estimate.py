@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import RunConfig
-from harness.study import Study, Trial
+from harness.study.trials import Study, Trial
 
 # Wall time of trials running 2 at a time on 2 cores against the estimate from single-process timings:
 # studies/gap.yaml at the cpu scale took 49 min 44 s (first run start to last run end in MLflow;
@@ -145,7 +145,7 @@ def measure(cfg: RunConfig, steps: int = 5, warmup: int = 2) -> Measurement:
     (per image) and one checkpoint, in a temporary folder."""
     import torch
 
-    from harness.training import Trainer, _loader
+    from harness.engine.training import Trainer, _loader
 
     with tempfile.TemporaryDirectory(prefix="udabench-estimate-") as tmp:
         cfg = cfg.model_copy(deep=True)
@@ -218,7 +218,7 @@ def group_costs(trials: list[Trial], root: str | Path, threads: int, steps: int,
     timed here, unless `cache` has it. `progress(n, groups, description)` before each timing."""
     import torch
 
-    from harness.runner import absolutize
+    from harness.study.trials import absolutize
 
     groups: dict[str, list[Trial]] = {}
     for t in trials:

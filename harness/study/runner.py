@@ -1,7 +1,7 @@
 """Run a study as a Ray Tune experiment: start (or join) Ray, one Tune trial per study trial, resume.
 
 Each trial is a function trainable (`tune.with_resources`) that resolves its config, opens its MLflow
-run (`harness.tracking`), calls `harness.training.train` and, after every evaluation, logs the metrics
+run (`harness.study.tracking`), calls `harness.engine.training.train` and, after every evaluation, logs the metrics
 and reports them to Tune with the checkpoint (`tune.report(..., checkpoint=...)`). A retried trial
 (`FailureConfig`) or a restored study (`Tuner.restore(..., resume_errored=True)`) continues from
 `tune.get_checkpoint()` and in the same MLflow run. Experiment state reaches the results folder every
@@ -9,25 +9,8 @@ and reports them to Tune with the checkpoint (`tune.report(..., checkpoint=...)`
 loses seconds of work. Results: `<root>/ray_results/<study>.<scale>.<time>/` with `udabench.json`
 (what was run, for `study resume`).
 
-Ray sends nothing off this machine. A Ray we start (`ray_session` without an address):
-- runs with `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`: every Ray process binds and talks on 127.0.0.1,
-  and none asks the kernel for a route to 8.8.8.8 to find "its" address;
-- starts with HOME pointing at `<root>/ray_results/.ray_home/`, which holds a
-  `ray_bootstrap_config.yaml` naming a local provider (written once if absent; never the user's home):
-  without one, Ray's dashboard process probes the cloud-metadata address 169.254.169.254 and looks up
-  metadata.google.internal at start, usage stats off or not. Trials get the user's HOME back through
-  the job's runtime_env;
-- has usage stats off (`RAY_USAGE_STATS_ENABLED=0`) and, for clusters started by `ray start`, the
-  "usage stats disabled" notice Ray would still post is pointed at 127.0.0.1
-  (`RAY_USAGE_STATS_REPORT_URL`).
-`ray_node_env(root)` is that environment for `ray start` (`udabench study ray-env` prints it), so a
-cluster that `--address` joins can be started the same way. tests/test_network.py checks all this
-with `strace -f -e trace=connect,sendto,sendmsg,sendmmsg`.
-
-No orphans: `ray.shutdown()` runs in a `finally`; SIGTERM is turned into Tune's graceful SIGINT
-stop. Every process of a Ray we start carries `UDABENCH_RAY_OWNER=<driver pid>:<start time>` in its
-environment, so what a SIGKILLed driver left behind (Ray's dashboard and runtime-env agents) is found
-by that mark and ended, by pid, the next time a study starts (`reap_orphans`).
+The Ray session a study runs in (loopback only, no orphans) is `harness.study.session`; what runs in
+each trial's worker is `harness.study.trainable`.
 """
 
 from __future__ import annotations
@@ -35,345 +18,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
-import sys
-import tempfile
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from harness.config import RunConfig
-from harness.study import Study, Trial, load_study
+from harness.study.load import load_study
+from harness.study.session import patched_environ, ray_session
+from harness.study.trainable import TRAIN_FN, TrialSpec, import_train_fn, trainable
+from harness.study.trials import Study, Trial, absolutize, point_name
 
 RESULTS_DIR = "ray_results"
-RAY_HOME = ".ray_home"
 META_FILE = "udabench.json"
-OWNER_ENV = "UDABENCH_RAY_OWNER"
-TRAIN_FN = "harness.training:train"
 ORDERS = ("file", "longest")  # the order a grid study's trials start in (`study run --order`)
-
-# For every Ray process we start, and for `ray start` nodes (see the module docstring).
-RAY_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
-    "RAY_AUTH_MODE": "disabled",
-}
-# Only for a single-machine Ray: nodes use 127.0.0.1 (a node joining a cluster needs a real address).
-LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-BOOTSTRAP_CONFIG = """\
-# Written by udabench (harness/runner.py) for the Ray processes it starts, whose HOME is this folder.
-# Ray's dashboard reads ~/ray_bootstrap_config.yaml; naming a provider here stops it from probing
-# cloud-metadata addresses (169.254.169.254, metadata.google.internal) at start.
-cluster_name: udabench-local
-provider:
-  type: local
-  head_ip: 127.0.0.1
-  worker_ips: []
-"""
-
-
-# --------------------------------------------------------------------------------------------------
-# Ray processes
-
-def ray_home(root: str | Path) -> Path:
-    """The folder used as HOME by the Ray processes we start (holds ray_bootstrap_config.yaml)."""
-    home = Path(root).resolve() / RESULTS_DIR / RAY_HOME
-    cfg = home / "ray_bootstrap_config.yaml"
-    if not cfg.is_file():
-        home.mkdir(parents=True, exist_ok=True)
-        tmp = cfg.with_name(f".{cfg.name}.{os.getpid()}.tmp")
-        tmp.write_text(BOOTSTRAP_CONFIG)
-        os.replace(tmp, cfg)
-    return home
-
-
-def ray_node_env(root: str | Path) -> dict[str, str]:
-    """Environment for `ray start` on this machine (a cluster for `--address`): HOME + RAY_ENV."""
-    return {"HOME": str(ray_home(root)), **RAY_ENV}
-
-
-def _start_time(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks
-
-
-def _owner_mark() -> str:
-    return f"{os.getpid()}:{_start_time(os.getpid())}"
-
-
-def marked_processes(mark: str | None = None, env_key: str = OWNER_ENV) -> dict[int, str]:
-    """pid -> value of every live process (of this user) whose environment carries env_key [= mark]
-    (UDABENCH_RAY_OWNER by default; tests and benchmarks mark what they start with their own key)."""
-    found = {}
-    key = env_key.encode() + b"="
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            env = (d / "environ").read_bytes()
-        except OSError:
-            continue
-        for item in env.split(b"\0"):
-            if item.startswith(key):
-                value = item[len(key):].decode(errors="replace")
-                if (mark is None or value == mark) and not _zombie(int(d.name)):
-                    found[int(d.name)] = value
-                break
-    return found
-
-
-def _owner_alive(value: str) -> bool:
-    pid, _, start = value.partition(":")
-    return pid.isdigit() and _start_time(int(pid)) == start
-
-
-def _terminate(pids: list[int], timeout: float = 5.0) -> None:
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and not _zombie(p) for p in pids):
-        time.sleep(0.1)
-    for pid in pids:
-        if Path(f"/proc/{pid}").exists() and not _zombie(pid):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def reap_orphans() -> list[int]:
-    """End the Ray processes a dead udabench driver left behind (found by their owner mark)."""
-    if not Path("/proc").is_dir():
-        return []
-    orphans = [pid for pid, owner in marked_processes().items() if not _owner_alive(owner)]
-    if orphans:
-        print(f"udabench: ending {len(orphans)} Ray process(es) left by an earlier, killed study driver",
-              file=sys.stderr)
-        _terminate(orphans)
-    return orphans
-
-
-@contextlib.contextmanager
-def _environ(updates: dict[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in updates}
-    os.environ.update(updates)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@contextlib.contextmanager
-def ray_session(root: str | Path = ".", address: str | None = None, num_cpus: int | None = None,
-                num_gpus: int | None = None) -> Iterator[bool]:
-    """Ray for a study: joins `address` (an existing cluster), or starts a local Ray that talks only on
-    127.0.0.1; yields whether this call started it. An already initialised Ray is used as it is.
-    Ray is shut down on the way out (also on errors and Ctrl-C) and nothing of ours is left running."""
-    import logging
-
-    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-        yield False
-        return
-    import ray
-    import ray._private.ray_constants as rc
-
-    cluster_flag = rc.ENABLE_RAY_CLUSTER
-    mark = None
-    try:
-        if address is None:
-            reap_orphans()
-            mark = _owner_mark()
-            user_home = os.path.expanduser("~")
-            with _environ({**RAY_ENV, **LOCAL_ENV, "HOME": str(ray_home(root)), OWNER_ENV: mark}):
-                rc.ENABLE_RAY_CLUSTER = False  # read by ray at import time, and ray is imported already
-                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                         logging_level=logging.WARNING, runtime_env={"env_vars": {"HOME": user_home}})
-        else:
-            with _environ(RAY_ENV):
-                ray.init(address=address, logging_level=logging.WARNING)
-    except BaseException:
-        rc.ENABLE_RAY_CLUSTER = cluster_flag
-        raise
-    session_dir = _session_dir() if address is None else None
-    try:
-        yield True
-    finally:
-        ray.shutdown()
-        if session_dir is not None:  # trial working folders: everything in them reached storage_path
-            shutil.rmtree(session_dir / "artifacts", ignore_errors=True)
-        rc.ENABLE_RAY_CLUSTER = cluster_flag
-        if mark is not None:  # agents exit shortly after the raylet; never leave one behind
-            deadline = time.monotonic() + 10
-            while (left := list(marked_processes(mark))) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if left:
-                _terminate(left)
-
-
-def _session_dir() -> Path | None:
-    """The session folder of the Ray this process started (logs stay; trial folders are removed)."""
-    try:
-        import ray._private.worker as worker
-
-        return Path(worker._global_node.get_session_dir_path())
-    except Exception:  # noqa: BLE001 - a private API: without it, nothing is removed
-        return None
-
-
-# --------------------------------------------------------------------------------------------------
-# the trainable
-
-@dataclass
-class TrialSpec:
-    """What every trial of one study run needs (sent to the trials by `tune.with_parameters`)."""
-
-    study: Study
-    root: str
-    tracking_uri: str
-    experiment_id: str
-    ray_experiment: str
-    git_commit: str
-    git_dirty: str
-    train_fn: str = TRAIN_FN
-    threads: int = 1
-
-
-def _import(path: str):
-    import importlib
-
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def absolutize(cfg: RunConfig, root: str | Path, output: Path, threads: int) -> RunConfig:
-    """A copy of `cfg` for the trial's process: relative paths (data roots, pretrained weights) made
-    absolute under `root`, output in the trial's folder. Hashes and tags use `cfg` as written."""
-    root = Path(root)
-    d = cfg.to_dict()
-    for split in ("source", "target", "val"):
-        r = d["data"][split]["root"]
-        if r and not Path(r).is_absolute():
-            d["data"][split]["root"] = str(root / r)
-    if d["model"]["pretrained"] and not Path(d["model"]["pretrained"]).is_absolute():
-        d["model"]["pretrained"] = str(root / d["model"]["pretrained"])
-    d["output"] = str(output)
-    if d.get("threads") is None:
-        d["threads"] = threads
-    return RunConfig.model_validate(d)
-
-
-def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
-    """One study trial (runs in a Ray worker)."""
-    import shutil
-
-    from ray import tune
-
-    from harness import tracking
-    from harness.training import pick_device
-
-    study = spec.study
-    point = dict(config["point"])
-    cfg = study.resolve(point)
-    ctx = tune.get_context()
-    trial_id = ctx.get_trial_id()
-    workdir = Path.cwd().resolve()
-    train_cfg = absolutize(cfg, spec.root, workdir / "run", spec.threads)
-
-    tags = {
-        "study": study.name, "scale": study.scale, "config_hash": cfg.hash(),
-        "trial_name": _name(point), "git_commit": spec.git_commit, "git_dirty": spec.git_dirty,
-        "device": str(pick_device(cfg.device)), **_node_tags(),
-        "study_file_hash": study.text_hash, **tracking.software_tags(),
-        **{f"axis.{k}": str(v) for k, v in point.items()},  # exact (a sampled float in full)
-    }
-    data_hash = None
-    with contextlib.suppress(Exception):  # data may be created by the run itself: tagged after it
-        data_hash = tracking.data_hash(train_cfg)
-        tags["data_hash"] = data_hash
-    run = tracking.TrialRun.open(spec.tracking_uri, spec.experiment_id, trial_id, spec.ray_experiment,
-                                 run_name=_name(point), tags=tags, params=tracking.flatten(cfg.to_dict()))
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        resume = workdir / "restored"
-        shutil.rmtree(resume, ignore_errors=True)
-        checkpoint.to_directory(str(resume))
-    attempt = 1
-    if run.resumed:
-        prev = run.client.get_run(run.run_id).data.tags
-        attempt = int(prev.get("attempt", "1")) + 1
-        if "error" in prev:
-            run.client.delete_tag(run.run_id, "error")
-    run.set_tags({"attempt": str(attempt), "resumed_from_checkpoint": str(resume is not None).lower()})
-
-    def on_eval(iteration: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        run.log_metrics(metrics, step=iteration)
-        src = Path(checkpoint_dir) / "checkpoint.pt"
-        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-            try:
-                os.link(src, Path(tmp) / src.name)
-            except OSError:
-                shutil.copy2(src, Path(tmp) / src.name)
-            tune.report({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
-                        checkpoint=tune.Checkpoint.from_directory(tmp))
-
-    try:
-        final = _import(spec.train_fn)(train_cfg, on_eval=on_eval, resume=str(resume) if resume else None)
-        if data_hash is None:
-            try:
-                run.set_tags({"data_hash": tracking.data_hash(train_cfg)})
-            except Exception as e:  # noqa: BLE001 - recorded, not fatal
-                run.set_tags({"data_hash": f"unavailable: {type(e).__name__}: {e}"})
-        run.finish(cfg.to_dict(), final)
-    except BaseException:
-        run.fail(traceback.format_exc())
-        raise
-    finally:
-        # Every checkpoint went to Tune's storage with tune.report and the metrics to MLflow: the
-        # working copies (one checkpoint per trial, in Ray's temp folder) would only fill the disk.
-        for scratch in (workdir / "run", workdir / "restored"):
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _node_tags() -> dict[str, str]:
-    """The Ray node this trial runs on: its id and address (as the cluster knows them)."""
-    import ray
-
-    node_id = ray.get_runtime_context().get_node_id()
-    ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id),
-              ray.util.get_node_ip_address())
-    return {"node_id": node_id, "node_ip": ip}
-
-
-def _name(point: dict[str, Any]) -> str:
-    from harness.study import _point_name
-
-    return _point_name(point)
 
 
 def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
-
-# --------------------------------------------------------------------------------------------------
-# the driver
 
 @dataclass
 class Outcome:
@@ -434,7 +99,7 @@ def _tuner(study: Study, spec: TrialSpec, trials: list[Trial] | None, results: P
 def _check_resources(study: Study) -> None:
     import ray
 
-    from harness.cli import UsageError
+    from harness.errors import UsageError
 
     have = ray.cluster_resources()
     need = study.resources()
@@ -467,7 +132,7 @@ def _fit(tuner, study: Study, spec: TrialSpec, outcome: Outcome) -> Outcome:
     results = None
     try:
         # we snapshot every 2 s on purpose (TUNE_GLOBAL_CHECKPOINT_S): Tune's "too frequent" warning is noise
-        with _sigterm_as_sigint(), _environ({"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}):
+        with _sigterm_as_sigint(), patched_environ({"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}):
             results = tuner.fit()
     finally:
         _close_runs(results, spec, outcome)
@@ -475,7 +140,7 @@ def _fit(tuner, study: Study, spec: TrialSpec, outcome: Outcome) -> Outcome:
 
 
 def _close_runs(results, spec: TrialSpec, outcome: Outcome) -> None:
-    from harness import tracking
+    from harness.study import tracking
 
     trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
     runs = tracking.runs_by_trial(spec.tracking_uri, spec.experiment_id, spec.ray_experiment)
@@ -483,7 +148,7 @@ def _close_runs(results, spec: TrialSpec, outcome: Outcome) -> None:
         run = runs.get(t.trial_id)
         if t.status == "ERROR" and run is not None and run.info.status != "FINISHED":
             err = _trial_error(t) or "the trial's process died"
-            outcome.errors[_name(t.config.get("point", {}))] = err.strip().splitlines()[-1]
+            outcome.errors[point_name(t.config.get("point", {}))] = err.strip().splitlines()[-1]
             if run.info.status != "FAILED":
                 tracking.mark_failed(spec.tracking_uri, run.info.run_id, err)
     runs = tracking.runs_by_trial(spec.tracking_uri, spec.experiment_id, spec.ray_experiment)
@@ -510,7 +175,7 @@ def _trial_error(trial) -> str:
 
 
 def _spec(study: Study, root: Path, uri: str, experiment_id: str, name: str, train_fn: str) -> TrialSpec:
-    from harness import tracking
+    from harness.study import tracking
 
     commit, dirty = tracking.git_state(root)
     return TrialSpec(study=study, root=str(root), tracking_uri=uri, experiment_id=experiment_id,
@@ -529,9 +194,9 @@ def check_data(configs: list[RunConfig], root: str | Path) -> None:
     """Every dataset the trials read, checked before Ray starts or the tracking store is touched: its
     listing (each image paired with its label) and every PNG in it complete (ends with IEND). Bad data
     is a usage error naming the file, not a study of failed trials."""
-    from harness.cli import UsageError
     from harness.data.dataset import build_dataset
     from harness.data.io import DataError, _png_truncated
+    from harness.errors import UsageError
     from harness.registry import UnknownNameError
 
     seen: set[str] = set()
@@ -554,7 +219,7 @@ def check_data(configs: list[RunConfig], root: str | Path) -> None:
 def data_hashes(configs: list[RunConfig], root: str | Path) -> list[str | None]:
     """The data hash (`tracking.data_hash`) of each config's data as it is now under `root`, computed
     once per distinct data config; None where it cannot be computed (missing data: check_data says why)."""
-    from harness import tracking
+    from harness.study import tracking
 
     cache: dict[str, str | None] = {}
     for cfg in configs:
@@ -571,8 +236,8 @@ def run_study(study: Study, root: str | Path = ".", address: str | None = None, 
               train_fn: str = TRAIN_FN, order: str = "file") -> Outcome:
     """Run the study's trials that have not finished yet (all with `force`) as one Tune experiment,
     started in file order or, with `order="longest"`, the costliest first (measured here:
-    `harness.estimate.longest_first`)."""
-    from harness import tracking
+    `harness.study.estimate.longest_first`)."""
+    from harness.study import tracking
 
     root = Path(root).resolve()
     uri = tracking.tracking_uri(root)
@@ -612,11 +277,11 @@ def run_study(study: Study, root: str | Path = ".", address: str | None = None, 
         raise ValueError(f"order: expected one of {', '.join(ORDERS)}, got {order!r}")
     check_data([t.config for t in trials] if trials is not None else [study.resolve({})], root)
     if order == "longest" and trials is not None and len(trials) > 1:
-        from harness.estimate import longest_first
+        from harness.study.estimate import longest_first
 
         threads = max(1, int(study.resources()["cpu"] or 1))
         trials = longest_first(trials, root, threads, progress=lambda m: print(m, flush=True))
-        print("udabench: start order: " + ", ".join(_name(t.point) for t in trials), flush=True)
+        print("udabench: start order: " + ", ".join(point_name(t.point) for t in trials), flush=True)
     results = root / RESULTS_DIR
     name = f"{study.name}.{study.scale}.{time.strftime('%Y%m%d-%H%M%S')}"
     while (results / name).exists():
@@ -653,8 +318,8 @@ def resume_study(study_file: str | Path, root: str | Path = ".", scale: str | No
     kept, errored and interrupted ones continue from their last checkpoint."""
     from ray import tune
 
-    from harness.cli import UsageError
-    from harness.study import Resources, StudyError
+    from harness.errors import UsageError
+    from harness.study.spec import Resources, StudyError
 
     root = Path(root).resolve()
     probe = load_study(study_file, scale or "cpu")
@@ -668,14 +333,20 @@ def resume_study(study_file: str | Path, root: str | Path = ".", scale: str | No
         raise StudyError(f"{study_file}: changed since {path.name} started (its trials may no longer "
                          f"match); run `udabench study run {study_file} --scale {meta['scale']}` instead: "
                          "finished trials are skipped")
+    train_fn = meta.get("train_fn", TRAIN_FN)
+    try:
+        import_train_fn(train_fn)
+    except (ImportError, AttributeError):
+        raise UsageError(f"{path / META_FILE}: its trials call '{train_fn}', which this version of "
+                         f"udabench does not have (modules moved: ARCHITECTURE.md); run `udabench study run "
+                         f"{study_file} --scale {meta['scale']}` instead: finished trials are skipped") from None
     outcome = Outcome(study=study.name, ray_experiment=path.name, path=path)
     if not tune.Tuner.can_restore(str(path)):
         print(f"udabench: {path.name} saved no experiment state yet; running the study again "
               "(finished trials are skipped)")
         return run_study(study, root, address, force=False, cover=meta.get("cover", False),
-                         num_cpus=num_cpus, num_gpus=num_gpus, train_fn=meta.get("train_fn", TRAIN_FN))
-    spec = _spec(study, root, meta["tracking_uri"], meta["experiment_id"], path.name,
-                 meta.get("train_fn", TRAIN_FN))
+                         num_cpus=num_cpus, num_gpus=num_gpus, train_fn=train_fn)
+    spec = _spec(study, root, meta["tracking_uri"], meta["experiment_id"], path.name, train_fn)
     outcome.planned = meta["planned"]
     study.spec.resources = Resources(**meta["resources"])
     with ray_session(root, address, num_cpus, num_gpus):

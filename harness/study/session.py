@@ -1,0 +1,214 @@
+"""The Ray session of a study run: start (or join) Ray, with nothing leaving this machine, no orphans.
+
+Ray sends nothing off this machine. A Ray we start (`ray_session` without an address):
+- runs with `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`: every Ray process binds and talks on 127.0.0.1,
+  and none asks the kernel for a route to 8.8.8.8 to find "its" address;
+- starts with HOME pointing at `<root>/ray_results/.ray_home/`, which holds a
+  `ray_bootstrap_config.yaml` naming a local provider (written once if absent; never the user's home):
+  without one, Ray's dashboard process probes the cloud-metadata address 169.254.169.254 and looks up
+  metadata.google.internal at start, usage stats off or not. Trials get the user's HOME back through
+  the job's runtime_env;
+- has usage stats off (`RAY_USAGE_STATS_ENABLED=0`) and, for clusters started by `ray start`, the
+  "usage stats disabled" notice Ray would still post is pointed at 127.0.0.1
+  (`RAY_USAGE_STATS_REPORT_URL`).
+`ray_node_env(root)` is that environment for `ray start` (`udabench study ray-env` prints it), so a
+cluster that `--address` joins can be started the same way. tests/test_network.py checks all this
+with `strace -f -e trace=connect,sendto,sendmsg,sendmmsg`.
+
+No orphans: `ray.shutdown()` runs in a `finally`; SIGTERM is turned into Tune's graceful SIGINT
+stop. Every process of a Ray we start carries `UDABENCH_RAY_OWNER=<driver pid>:<start time>` in its
+environment, so what a SIGKILLed driver left behind (Ray's dashboard and runtime-env agents) is found
+by that mark and ended, by pid, the next time a study starts (`reap_orphans`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+RESULTS_DIR = "ray_results"
+RAY_HOME = ".ray_home"
+OWNER_ENV = "UDABENCH_RAY_OWNER"
+
+# For every Ray process we start, and for `ray start` nodes (see the module docstring).
+RAY_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
+    "RAY_AUTH_MODE": "disabled",
+}
+# Only for a single-machine Ray: nodes use 127.0.0.1 (a node joining a cluster needs a real address).
+LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+BOOTSTRAP_CONFIG = """\
+# Written by udabench (harness/study/session.py) for the Ray processes it starts, whose HOME is this folder.
+# Ray's dashboard reads ~/ray_bootstrap_config.yaml; naming a provider here stops it from probing
+# cloud-metadata addresses (169.254.169.254, metadata.google.internal) at start.
+cluster_name: udabench-local
+provider:
+  type: local
+  head_ip: 127.0.0.1
+  worker_ips: []
+"""
+
+
+def ray_home(root: str | Path) -> Path:
+    """The folder used as HOME by the Ray processes we start (holds ray_bootstrap_config.yaml)."""
+    home = Path(root).resolve() / RESULTS_DIR / RAY_HOME
+    cfg = home / "ray_bootstrap_config.yaml"
+    if not cfg.is_file():
+        home.mkdir(parents=True, exist_ok=True)
+        tmp = cfg.with_name(f".{cfg.name}.{os.getpid()}.tmp")
+        tmp.write_text(BOOTSTRAP_CONFIG)
+        os.replace(tmp, cfg)
+    return home
+
+
+def ray_node_env(root: str | Path) -> dict[str, str]:
+    """Environment for `ray start` on this machine (a cluster for `--address`): HOME + RAY_ENV."""
+    return {"HOME": str(ray_home(root)), **RAY_ENV}
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22: start time in clock ticks
+
+
+def _owner_mark() -> str:
+    return f"{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def marked_processes(mark: str | None = None, env_key: str = OWNER_ENV) -> dict[int, str]:
+    """pid -> value of every live process (of this user) whose environment carries env_key [= mark]
+    (UDABENCH_RAY_OWNER by default; tests and benchmarks mark what they start with their own key)."""
+    found = {}
+    key = env_key.encode() + b"="
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            env = (d / "environ").read_bytes()
+        except OSError:
+            continue
+        for item in env.split(b"\0"):
+            if item.startswith(key):
+                value = item[len(key):].decode(errors="replace")
+                if (mark is None or value == mark) and not _zombie(int(d.name)):
+                    found[int(d.name)] = value
+                break
+    return found
+
+
+def _owner_alive(value: str) -> bool:
+    pid, _, start = value.partition(":")
+    return pid.isdigit() and _start_time(int(pid)) == start
+
+
+def _terminate(pids: list[int], timeout: float = 5.0) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and not _zombie(p) for p in pids):
+        time.sleep(0.1)
+    for pid in pids:
+        if Path(f"/proc/{pid}").exists() and not _zombie(pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def reap_orphans() -> list[int]:
+    """End the Ray processes a dead udabench driver left behind (found by their owner mark)."""
+    if not Path("/proc").is_dir():
+        return []
+    orphans = [pid for pid, owner in marked_processes().items() if not _owner_alive(owner)]
+    if orphans:
+        print(f"udabench: ending {len(orphans)} Ray process(es) left by an earlier, killed study driver",
+              file=sys.stderr)
+        _terminate(orphans)
+    return orphans
+
+
+@contextlib.contextmanager
+def patched_environ(updates: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def ray_session(root: str | Path = ".", address: str | None = None, num_cpus: int | None = None,
+                num_gpus: int | None = None) -> Iterator[bool]:
+    """Ray for a study: joins `address` (an existing cluster), or starts a local Ray that talks only on
+    127.0.0.1; yields whether this call started it. An already initialised Ray is used as it is.
+    Ray is shut down on the way out (also on errors and Ctrl-C) and nothing of ours is left running."""
+    import logging
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        yield False
+        return
+    import ray
+    import ray._private.ray_constants as rc
+
+    cluster_flag = rc.ENABLE_RAY_CLUSTER
+    mark = None
+    try:
+        if address is None:
+            reap_orphans()
+            mark = _owner_mark()
+            user_home = os.path.expanduser("~")
+            with patched_environ({**RAY_ENV, **LOCAL_ENV, "HOME": str(ray_home(root)), OWNER_ENV: mark}):
+                rc.ENABLE_RAY_CLUSTER = False  # read by ray at import time, and ray is imported already
+                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                         logging_level=logging.WARNING, runtime_env={"env_vars": {"HOME": user_home}})
+        else:
+            with patched_environ(RAY_ENV):
+                ray.init(address=address, logging_level=logging.WARNING)
+    except BaseException:
+        rc.ENABLE_RAY_CLUSTER = cluster_flag
+        raise
+    session_dir = _session_dir() if address is None else None
+    try:
+        yield True
+    finally:
+        ray.shutdown()
+        if session_dir is not None:  # trial working folders: everything in them reached storage_path
+            shutil.rmtree(session_dir / "artifacts", ignore_errors=True)
+        rc.ENABLE_RAY_CLUSTER = cluster_flag
+        if mark is not None:  # agents exit shortly after the raylet; never leave one behind
+            deadline = time.monotonic() + 10
+            while (left := list(marked_processes(mark))) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if left:
+                _terminate(left)
+
+
+def _session_dir() -> Path | None:
+    """The session folder of the Ray this process started (logs stay; trial folders are removed)."""
+    try:
+        import ray._private.worker as worker
+
+        return Path(worker._global_node.get_session_dir_path())
+    except Exception:  # noqa: BLE001 - a private API: without it, nothing is removed
+        return None

@@ -1,0 +1,129 @@
+"""One study trial as a Ray Tune function trainable: resolve its config, open its MLflow run
+(`harness.study.tracking`), call the training engine and, after every evaluation, log the metrics and
+report them to Tune with the checkpoint (`tune.report(..., checkpoint=...)`). A retried or restored
+trial continues from `tune.get_checkpoint()` and in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.study.trials import Study, absolutize, point_name
+
+TRAIN_FN = "harness.engine.training:train"  # the function a trial calls (tests inject faults here)
+
+
+@dataclass
+class TrialSpec:
+    """What every trial of one study run needs (sent to the trials by `tune.with_parameters`)."""
+
+    study: Study
+    root: str
+    tracking_uri: str
+    experiment_id: str
+    ray_experiment: str
+    git_commit: str
+    git_dirty: str
+    train_fn: str = TRAIN_FN
+    threads: int = 1
+
+
+def import_train_fn(path: str):
+    """The function `module:name` a trial calls to train (TRAIN_FN, or a test's)."""
+    import importlib
+
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+
+
+def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
+    """One study trial (runs in a Ray worker)."""
+    import shutil
+
+    from ray import tune
+
+    from harness.engine.training import pick_device
+    from harness.study import tracking
+
+    study = spec.study
+    point = dict(config["point"])
+    cfg = study.resolve(point)
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    workdir = Path.cwd().resolve()
+    train_cfg = absolutize(cfg, spec.root, workdir / "run", spec.threads)
+
+    tags = {
+        "study": study.name, "scale": study.scale, "config_hash": cfg.hash(),
+        "trial_name": point_name(point), "git_commit": spec.git_commit, "git_dirty": spec.git_dirty,
+        "device": str(pick_device(cfg.device)), **_node_tags(),
+        "study_file_hash": study.text_hash, **tracking.software_tags(),
+        **{f"axis.{k}": str(v) for k, v in point.items()},  # exact (a sampled float in full)
+    }
+    data_hash = None
+    with contextlib.suppress(Exception):  # data may be created by the run itself: tagged after it
+        data_hash = tracking.data_hash(train_cfg)
+        tags["data_hash"] = data_hash
+    run = tracking.TrialRun.open(spec.tracking_uri, spec.experiment_id, trial_id, spec.ray_experiment,
+                                 run_name=point_name(point), tags=tags, params=tracking.flatten(cfg.to_dict()))
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        resume = workdir / "restored"
+        shutil.rmtree(resume, ignore_errors=True)
+        checkpoint.to_directory(str(resume))
+    attempt = 1
+    if run.resumed:
+        prev = run.client.get_run(run.run_id).data.tags
+        attempt = int(prev.get("attempt", "1")) + 1
+        if "error" in prev:
+            run.client.delete_tag(run.run_id, "error")
+    run.set_tags({"attempt": str(attempt), "resumed_from_checkpoint": str(resume is not None).lower()})
+
+    def on_eval(iteration: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        run.log_metrics(metrics, step=iteration)
+        src = Path(checkpoint_dir) / "checkpoint.pt"
+        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+            try:
+                os.link(src, Path(tmp) / src.name)
+            except OSError:
+                shutil.copy2(src, Path(tmp) / src.name)
+            tune.report({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+                        checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    try:
+        final = import_train_fn(spec.train_fn)(train_cfg, on_eval=on_eval, resume=str(resume) if resume else None)
+        if data_hash is None:
+            try:
+                run.set_tags({"data_hash": tracking.data_hash(train_cfg)})
+            except Exception as e:  # noqa: BLE001 - recorded, not fatal
+                run.set_tags({"data_hash": f"unavailable: {type(e).__name__}: {e}"})
+        run.finish(cfg.to_dict(), final)
+    except BaseException:
+        run.fail(traceback.format_exc())
+        raise
+    finally:
+        # Every checkpoint went to Tune's storage with tune.report and the metrics to MLflow: the
+        # working copies (one checkpoint per trial, in Ray's temp folder) would only fill the disk.
+        for scratch in (workdir / "run", workdir / "restored"):
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _node_tags() -> dict[str, str]:
+    """The Ray node this trial runs on: its id and address (as the cluster knows them)."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    ip = next((n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id),
+              ray.util.get_node_ip_address())
+    return {"node_id": node_id, "node_ip": ip}
+
+
