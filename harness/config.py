@@ -13,11 +13,20 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from harness.registry import closest
 
@@ -42,7 +51,7 @@ class DatasetConfig(Strict):
     root: str = "datasets/synthetic"
     domain: str | None = "source"          # synthetic: source | target | target-fog | target-night
     split: str = "train"
-    resize: tuple[int, int] | None = None  # (width, height) before cropping; None = keep
+    resize: tuple[PositiveInt, PositiveInt] | None = None  # (width, height) before cropping; None = keep
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -52,13 +61,22 @@ class DataConfig(Strict):
         default_factory=lambda: DatasetConfig(domain="target"))
     val: DatasetConfig = Field(
         default_factory=lambda: DatasetConfig(domain="target", split="val"))
-    crop: tuple[int, int] = (128, 128)     # (height, width) random training crop
-    flip: float = 0.5
+    crop: tuple[PositiveInt, PositiveInt] = (128, 128)  # (height, width) random training crop, within the image
+    flip: float = Field(0.5, ge=0, le=1)
     batch_size: int = Field(2, ge=1)
     workers: int = Field(0, ge=0)
     rare_class_sampling: bool = False
     rcs_temperature: float = Field(0.01, gt=0)
     rcs_min_pixels: int = Field(3000, ge=0)
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> DataConfig:
+        for split in ("source", "target"):
+            resize = getattr(self, split).resize
+            if resize is not None and (self.crop[0] > resize[1] or self.crop[1] > resize[0]):
+                raise ValueError(f"crop (height, width) {tuple(self.crop)} is larger than data.{split}.resize "
+                                 f"(width, height) {tuple(resize)}; a crop must lie within the image")
+        return self
 
 
 class AuxConfig(Strict):
@@ -85,8 +103,8 @@ class OptimConfig(Strict):
     lr: float = Field(6e-5, gt=0)
     head_lr_mult: float = Field(10.0, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float | None = None
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    grad_clip: float | None = Field(None, gt=0)
 
 
 class ScheduleConfig(Strict):
@@ -99,10 +117,20 @@ class ScheduleConfig(Strict):
 class EvalConfig(Strict):
     interval: int = Field(4000, ge=1)      # evaluate every `interval` iterations and at the end
     mode: Literal["whole", "slide"] = "whole"
-    crop: tuple[int, int] | None = None    # sliding window (height, width)
-    stride: tuple[int, int] | None = None
-    max_images: int | None = None          # cap the validation set (smoke runs)
+    crop: tuple[PositiveInt, PositiveInt] | None = None    # sliding window (height, width)
+    stride: tuple[PositiveInt, PositiveInt] | None = None  # at most the crop in each direction
+    max_images: int | None = Field(None, ge=1)  # cap the validation set (smoke runs)
     protocol: Literal["19", "16", "13"] = "19"
+
+    @model_validator(mode="after")
+    def _window(self) -> EvalConfig:
+        if self.mode == "slide" and self.crop is None:
+            raise ValueError("mode 'slide' needs crop (height, width) of the sliding window")
+        if self.crop is not None and self.stride is not None and (
+                self.stride[0] > self.crop[0] or self.stride[1] > self.crop[1]):
+            raise ValueError(f"stride {tuple(self.stride)} larger than crop {tuple(self.crop)} would leave "
+                             "pixels unpredicted")
+        return self
 
 
 class RunConfig(Strict):
@@ -113,12 +141,12 @@ class RunConfig(Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy seeds are 32-bit
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
     amp: bool = True                       # mixed precision, CUDA only
     cudnn_benchmark: bool = False          # False keeps CUDA runs deterministic
-    threads: int | None = None             # torch CPU threads; None = leave as is
-    checkpoint_interval: int | None = None  # save every N iterations (and always at the end)
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; None = leave as is
+    checkpoint_interval: int | None = Field(None, ge=1)  # save every N iterations (and always at the end)
     output: str = "runs/run"
     log_interval: int = Field(10, ge=1)
 
@@ -153,16 +181,129 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
+# --- YAML as udabench reads it -------------------------------------------------------------------
+# PyYAML implements YAML 1.1: `010` is octal 8, `1e-5` a string, `yes`/`on` booleans, `1:20` the
+# number 80, and a repeated key silently keeps the last value. Config files and `--set` values are
+# read with YAML 1.2's core schema instead (`010` -> 10, `1e-5` -> 0.00001, `yes` -> 'yes'), a
+# repeated key is an error naming both lines, and aliases may not expand a document beyond
+# MAX_YAML_VALUES values (a 1 KB file of nested aliases would otherwise expand to billions).
+
+MAX_YAML_VALUES = 100_000
+
+_INT12 = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT12 = re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                      r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+_BOOL12 = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 core-schema scalars and no duplicate keys."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers
+                if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool")]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, list | dict):
+                continue  # unhashable: SafeLoader reports it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key]}, again on line {line}); "
+                    "a key may appear once in a mapping", key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        text = self.construct_scalar(node)
+        if text.startswith(("0o", "0x")):
+            return int(text[2:], 8 if text[1] == "o" else 16)
+        return int(text)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        text = self.construct_scalar(node).lower()
+        if text.endswith((".inf", ".nan")):
+            return float(text.replace(".", ""))
+        return float(text)
+
+    def construct_yaml_bool(self, node: yaml.ScalarNode) -> bool:
+        return self.construct_scalar(node).lower() == "true"
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL12, list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT12, list("-+0123456789"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT12, list("-+0123456789."))
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
+_Loader.add_constructor("tag:yaml.org,2002:bool", _Loader.construct_yaml_bool)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], open_: set[int]) -> int:
+    """How many values the document has once every alias is expanded (a shared node counts once per use)."""
+    key = id(node)
+    if key in open_:
+        mark = node.start_mark
+        raise ConfigError(f"line {mark.line + 1}, column {mark.column + 1}: a recursive alias (a value that "
+                          "contains itself)")
+    if key not in memo:
+        open_.add(key)
+        if isinstance(node, yaml.SequenceNode):
+            memo[key] = 1 + sum(_expanded_size(n, memo, open_) for n in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            memo[key] = 1 + sum(_expanded_size(k, memo, open_) + _expanded_size(v, memo, open_)
+                                for k, v in node.value)
+        else:
+            memo[key] = 1
+        open_.discard(key)
+    return memo[key]
+
+
+def _yaml_message(e: yaml.YAMLError) -> str:
+    """One line: where and what (PyYAML's own message spans several lines with a source excerpt)."""
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        what = "; ".join(str(x) for x in (e.context, e.problem) if x)
+        return f"line {mark.line + 1}, column {mark.column + 1}: {what}" if mark else what
+    return " ".join(str(e).split())
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """A YAML document as udabench reads it (see above); ConfigError naming `source` otherwise."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, set())
+        if size > MAX_YAML_VALUES:
+            raise ConfigError(f"expands to {size:,} values through YAML aliases (at most {MAX_YAML_VALUES:,}); "
+                              "write the values out or use fewer nested aliases")
+        return loader.construct_document(node)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_message(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        text = path.read_text()
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason}); expected YAML") from None
+    data = parse_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
@@ -189,9 +330,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"override '{text}': empty key")
     try:
-        parsed = yaml.safe_load(value) if value != "" else ""
-    except yaml.YAMLError:
-        parsed = value
+        parsed = parse_yaml(value, f"override '{text}'") if value != "" else ""
+    except ConfigError as e:
+        if "expands to" in str(e) or "duplicate key" in str(e) or "recursive alias" in str(e):
+            raise
+        parsed = value  # not YAML: the text itself (a path with a colon, say)
     return key.split("."), parsed
 
 
@@ -216,6 +359,14 @@ def _known_fields(model: type[BaseModel], path: list[str]) -> list[str] | None:
     if isinstance(cls, type) and issubclass(cls, BaseModel):
         return list(cls.model_fields)
     return None
+
+
+def raw_arch(data: Any) -> str | None:
+    """The architecture a raw (not yet validated) config names, or the default one; None when the
+    config is malformed there (validation names the problem later)."""
+    model = data.get("model", {}) if isinstance(data, dict) else None
+    arch = model.get("arch", RunConfig().model.arch) if isinstance(model, dict) else None
+    return arch if isinstance(arch, str) else None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:

@@ -64,6 +64,25 @@ RUN_CONFIGS: dict[str, tuple[bytes, str, bool]] = {
     "unknown_dataset": (b"data: {source: {name: gta6}}\n", "unknown dataset 'gta6' (did you mean 'gta5'?)", True),
     "missing_base": (b"base: nope.yaml\n", "nope.yaml: no such config file", True),
     "circular_base": (b"base: circular_base.yaml\n", "circular 'base:' chain", True),
+    # values the schema once let through, that broke later with a traceback (issue 20)
+    "zero_crop": (b"data: {crop: [0, 64]}\n", "data.crop.0: Input should be greater than 0 (got 0)", False),
+    "negative_seed": (b"seed: -1\n", "seed: Input should be greater than or equal to 0 (got -1)", False),
+    "model_not_a_mapping": (b"model: 5\n", "model: Input should be a valid dictionary", True),
+    "max_images_zero": (b"eval: {max_images: 0}\n", "eval.max_images: Input should be greater than or equal to 1",
+                        False),
+    "stride_over_crop": (b"eval: {mode: slide, crop: [32, 32], stride: [64, 16]}\n",
+                         "stride (64, 16) larger than crop (32, 32)", True),
+    "slide_without_crop": (b"eval: {mode: slide}\n", "mode 'slide' needs crop", True),
+    "crop_over_resize": (b"data: {crop: [96, 96], source: {resize: [128, 64]}}\n",
+                         "crop (height, width) (96, 96) is larger than data.source.resize", False),
+    "betas_out_of_range": (b"optim: {betas: [0.9, 1.5]}\n", "optim.betas.1: Input should be less than 1", True),
+    # YAML that used to be read silently another way
+    "duplicate_key": (b"seed: 1\noptim: {lr: 0.001}\nseed: 2\n",
+                      "line 3, column 1: duplicate key 'seed' (first on line 1, again on line 3)", True),
+    "alias_bomb": (b"a: &a [x, x, x, x, x, x, x, x, x, x]\n" + b"".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n".encode() for i in range(8)),
+        "values through YAML aliases (at most 100,000)", True),
+    "recursive_alias": (b"a: &a [*a]\n", "a recursive alias", True),
 }
 
 
@@ -129,6 +148,10 @@ STUDY_FILES: dict[str, tuple[bytes | None, list[str], str]] = {
     "override_of_an_axis": (GOOD_STUDY.encode(), ["--set", "seed=3"], "'seed' is varied by axis 'seed'"),
     "negative_cpus": (GOOD_STUDY.encode(), ["--cpus-per-trial", "-1"], "--cpus-per-trial: expected a number > 0, got -1"),
     "nan_gpus": (GOOD_STUDY.encode(), ["--gpus-per-trial", "nan"], "--gpus-per-trial: expected a number >= 0, got nan"),
+    "duplicate_key": (GOOD_STUDY.encode() + b"description: y\n", [], "duplicate key 'description' (first on line 1"),
+    "alias_bomb": (GOOD_STUDY.encode() + b"set: &a {x: [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]}\n"
+                   + b"".join(f"k{i}: &k{i} [{', '.join(['*a' if i == 0 else f'*k{i - 1}'] * 20)}]\n".encode()
+                              for i in range(5)), [], "values through YAML aliases (at most 100,000)"),
 }
 
 
@@ -179,10 +202,25 @@ def _store_with_a_run(root: Path) -> None:
     run.finish({"seed": 0}, {"target_miou": 12.5})
 
 
-def _damage(data: Path, damage: str) -> Path:
+def _damage(data: Path, damage: str, name: str = "00005.png") -> Path:
+    import numpy as np
+    from PIL import Image
+
     if damage == "truncated_png":
         path = data / "target" / "train" / "images" / "00011.png"
         path.write_bytes(path.read_bytes()[:-30])
+    elif damage == "label_values":  # ids that are not trainIds (19..254), as an unconverted set has
+        path = data / "source" / "train" / "labels" / name
+        label = np.asarray(Image.open(path)).copy()
+        label[:4, :4] = 26
+        path.unlink()
+        Image.fromarray(label).save(path)
+    elif damage == "label_size":
+        path = data / "source" / "train" / "labels" / name
+        label = Image.open(path)
+        resized = label.resize((label.width // 2, label.height // 2), Image.NEAREST)
+        path.unlink()
+        resized.save(path)
     else:
         path = data / "source" / "train" / "labels" / "00005.png"
         path.unlink()
@@ -190,7 +228,11 @@ def _damage(data: Path, damage: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("damage", ["truncated_png", "missing_label"])
+DAMAGE_MESSAGE = {"truncated_png": "truncated PNG", "missing_label": "image has no label",
+                  "label_values": "label values 26 are not trainIds", "label_size": "label size 64x32 differs"}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE_MESSAGE))
 def test_bad_dataset_is_named_before_ray_starts_and_the_store_is_unchanged(damage, tmp_path, synth_root, capsys):
     data = tmp_path / "datasets" / "synthetic"
     shutil.copytree(synth_root, data)
@@ -207,7 +249,7 @@ def test_bad_dataset_is_named_before_ray_starts_and_the_store_is_unchanged(damag
     assert main(["study", "run", str(study), "--scale", "smoke", "--root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err, err
-    assert ("truncated PNG" if damage == "truncated_png" else "image has no label") in err
+    assert DAMAGE_MESSAGE[damage] in err
     assert "study/seed=0: data." in err  # which trial and which part of its config
     assert snapshot(tmp_path) == before  # mlflow.db byte for byte, no ray_results/
     assert not (tmp_path / "ray_results").exists()
@@ -215,4 +257,71 @@ def test_bad_dataset_is_named_before_ray_starts_and_the_store_is_unchanged(damag
     domain = "target" if damage == "truncated_png" else "source"
     assert main(["data", "verify", "--dataset", "synthetic", "--root", str(data), "--domain", domain, "--split", "train"]) == 2
     err = capsys.readouterr().err
-    assert str(bad) in err and ("unreadable or truncated" if damage == "truncated_png" else "image has no label") in err
+    verify = {"truncated_png": "unreadable or truncated"}.get(damage, DAMAGE_MESSAGE[damage])
+    assert str(bad) in err and verify in err, err
+
+
+@pytest.mark.parametrize("damage", ["label_values", "label_size"])
+def test_a_bad_label_met_during_train_is_one_line_naming_the_file(damage, tmp_path, synth_root, capsys, monkeypatch):
+    """`udabench train` does not pre-read every label: the loader checks each one it reads."""
+    data = tmp_path / "datasets" / "synthetic"
+    shutil.copytree(synth_root, data)
+    for i in range(16):  # every source label, so the first batch meets one
+        _damage(data, damage, f"{i:05d}.png")
+    monkeypatch.chdir(tmp_path)
+    rc = main(["train", str(CONFIGS / "daformer.yaml"), "--scale", "smoke", "--output", str(tmp_path / "out"),
+               "--set", "schedule.iterations=2"])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert DAMAGE_MESSAGE[damage] in err and "datasets/synthetic/source/train/labels/000" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_crop_larger_than_the_images_is_refused_before_anything_runs(project, capsys, monkeypatch):
+    monkeypatch.chdir(project)
+    before = snapshot(project)
+    args = ["--scale", "smoke", "--set", "data.crop=[96,96]"]  # the tiny set is 128x64
+    assert main(["train", str(CONFIGS / "daformer.yaml"), *args, "--output", str(project / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "data.source: crop (height, width) (96, 96) is larger than its images" in err, err
+    assert "128x64" in err and "source/train/images/00000.png" in err
+    study = project / "study.yaml"
+    study.write_text(GOOD_STUDY)
+    before = snapshot(project)
+    assert main(["study", "run", str(study), "--root", str(project), *args]) == 2
+    assert "crop (height, width) (96, 96) is larger than its images" in capsys.readouterr().err
+    assert snapshot(project) == before
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x80\x02not a zip archive at all", "not a readable udabench checkpoint, truncated or corrupted?"),
+    ("truncated", "not a readable udabench checkpoint, truncated or corrupted?"),
+    ({"weights": 1}, "not a udabench training checkpoint (expected a dict with 'config', 'model' and 'iteration')"),
+])
+def test_train_resume_from_a_bad_checkpoint_is_exit_2_and_writes_nothing(content, message, project, capsys,
+                                                                          monkeypatch):
+    import torch
+
+    path = project / "bad.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, dict):
+        torch.save(content, path)
+    else:
+        torch.save({"config": {}, "model": {"w": torch.zeros(1000)}, "iteration": 3}, path)
+        path.write_bytes(path.read_bytes()[:2000])
+    monkeypatch.chdir(project)
+    before = snapshot(project)
+    assert main(["train", str(CONFIGS / "daformer.yaml"), "--scale", "smoke", "--resume", str(path),
+                 "--output", str(project / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"udabench train: error: --resume: {path}: {message}"), err
+    assert len(err.strip().splitlines()) == 1
+    assert snapshot(project) == before
+
+
+def test_override_values_are_yaml_1_2(capsys):
+    """`010` is 10 (YAML 1.1 read it as octal 8), `1e-5` a number (1.1: a string), `yes` a string."""
+    assert main(["train", "--set", "seed=010", "--set", "optim.lr=1e-5", "--set", "name=yes", "--print-config"]) == 0
+    cfg = __import__("yaml").safe_load(capsys.readouterr().out)
+    assert cfg["seed"] == 10 and cfg["optim"]["lr"] == 1e-5 and cfg["name"] == "yes"

@@ -10,6 +10,7 @@ import pytest
 from harness.engine import checkpoint as ckpt
 from harness.engine.resolve import load_config
 from harness.engine.training import TrainingDiverged, train
+from harness.errors import UsageError
 from harness.scales import scale_overlay
 
 ARCHS = {"deeplabv2": "resnet18", "daformer": "pvt_v2_b0"}
@@ -72,7 +73,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(synth_root, tmp_path):
     cfg = smoke_cfg(synth_root, tmp_path, "method.host=source_only")
     train(cfg, progress=False)
     other = smoke_cfg(synth_root, tmp_path, "method.host=source_only", "seed=5")
-    with pytest.raises(ValueError, match="different config.*seed"):
+    with pytest.raises(UsageError, match="different config.*seed"):
         train(other, resume=tmp_path / "run" / "checkpoint", progress=False)
 
 

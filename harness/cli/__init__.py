@@ -55,11 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from harness.config import ConfigError
+    from harness.data.io import DataError
     from harness.registry import UnknownNameError
 
     try:
         return int(args.func(args) or 0)
-    except (UsageError, ConfigError, UnknownNameError, FileNotFoundError) as e:
+    except (UsageError, ConfigError, DataError, UnknownNameError, FileNotFoundError) as e:
         msg = str(e)
         sys.stderr.write(f"udabench {args.command}: error: {msg}\n")
         return 2

@@ -34,10 +34,16 @@ _SPEC_SPLIT = re.compile(r",(?=\s*[A-Za-z_][\w]*\s*=)")  # commas that start the
 
 def dataset_config(spec: str | None, default: Any) -> Any:
     """A DatasetConfig from --data (see the command's help); `default` when spec is None."""
-    import yaml
     from pydantic import ValidationError
 
-    from harness.config import ConfigError, DatasetConfig, RunConfig, format_validation_error, load_raw
+    from harness.config import (
+        ConfigError,
+        DatasetConfig,
+        RunConfig,
+        format_validation_error,
+        load_raw,
+        parse_override,
+    )
     from harness.engine.resolve import load_config
     from harness.errors import UsageError
 
@@ -53,10 +59,7 @@ def dataset_config(spec: str | None, default: Any) -> Any:
         raw = {}
         for item in _SPEC_SPLIT.split(spec):
             key, _, value = item.partition("=")
-            try:
-                raw[key.strip()] = yaml.safe_load(value) if value.strip() else None
-            except yaml.YAMLError:
-                raw[key.strip()] = value
+            raw[key.strip()] = parse_override(f"v={value}")[1] if value.strip() else None
         source = f"--data '{spec}'"
     else:
         raise UsageError(f"--data '{spec}': not a file, and not a key=value spec "

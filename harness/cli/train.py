@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def resolve_config(args: argparse.Namespace):
     """Config file < scale preset (with the recipe of the run's architecture) < --set, as in studies."""
-    from harness.config import RunConfig, apply_overrides, load_raw
+    from harness.config import apply_overrides, load_raw, raw_arch
     from harness.engine.resolve import load_config
 
     overrides = list(args.overrides)
@@ -35,8 +35,7 @@ def resolve_config(args: argparse.Namespace):
         from harness.scales import scale_overlay
 
         raw = apply_overrides(load_raw(args.config) if args.config else {}, overrides)
-        arch = (raw.get("model") or {}).get("arch", RunConfig().model.arch)
-        extra = scale_overlay(args.scale, arch if isinstance(arch, str) else None)
+        extra = scale_overlay(args.scale, raw_arch(raw))
     return load_config(args.config, overrides, extra=extra)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from harness.data.io import DataError, read_class_counts, read_rgb
+from harness.data.io import DataError, image_size, read_class_counts, read_rgb
 from harness.data.layouts import Listing, LoaderOptions, listing_for, parse_options
 from harness.labels import IGNORE_INDEX, NUM_CLASSES
 
@@ -67,6 +67,7 @@ class SegDataset(torch.utils.data.Dataset):
                     f"{s.label}: label size {label.shape[1]}x{label.shape[0]} differs from its image "
                     f"{s.image} ({image.shape[1]}x{image.shape[0]}); set options.on_size_mismatch: resize "
                     f"to resize such labels")
+        _check_label_values(label, s.label)
         if self.resize is not None and image.shape[1::-1] != self.resize:
             image = np.asarray(Image.fromarray(image).resize(self.resize, Image.BILINEAR))
             label = np.asarray(Image.fromarray(label).resize(self.resize, Image.NEAREST))
@@ -85,6 +86,43 @@ class SegDataset(torch.utils.data.Dataset):
             "label": torch.from_numpy(label.astype(np.int64)),
             "name": self.samples[index].name,
         }
+
+    # -- checks before work starts -----------------------------------------------------------------
+    def size(self, index: int = 0) -> tuple[int, int]:
+        """(width, height) of item `index` as loaded (after `resize`), from the file header."""
+        return self.resize if self.resize is not None else image_size(self.samples[index].image)
+
+    def check_crop(self, where: str) -> None:
+        """DataError unless the training crop fits the first image (a smaller image would be padded
+        with ignore pixels, which a training crop never wants)."""
+        if self.crop is None or not self.samples:
+            return
+        w, h = self.size(0)
+        if self.crop[0] > h or self.crop[1] > w:
+            hint = "data.crop" if self.resize is None else "data.crop or the split's resize"
+            size = f"{w}x{h}" + (" after resize" if self.resize is not None else "")
+            raise DataError(f"{where}: crop (height, width) {self.crop} is larger than its images "
+                            f"({self.samples[0].image}: {size}); reduce {hint}")
+
+    def check_labels(self, max_pixels: int = 200_000_000) -> int:
+        """Read labels (not images) until `max_pixels` label pixels were read, in order: each must have
+        its image's size (unless options.on_size_mismatch: resize) and hold only trainIds or ignore.
+        DataError naming the first bad file; returns how many labels were checked (all of a small set,
+        the first part of a large one; the loader checks every label again when it reads it)."""
+        pixels = 0
+        for i, s in enumerate(self.samples):
+            if pixels >= max_pixels:
+                return i
+            label = self.listing.read_label(s.label)
+            pixels += label.size
+            if self.options.on_size_mismatch != "resize":
+                w, h = image_size(s.image)
+                if (h, w) != label.shape:
+                    raise DataError(
+                        f"{s.label}: label size {label.shape[1]}x{label.shape[0]} differs from its image "
+                        f"{s.image} ({w}x{h}); set options.on_size_mismatch: resize to resize such labels")
+            _check_label_values(label, s.label)
+        return len(self.samples)
 
     # -- statistics -------------------------------------------------------------------------------
     def class_pixel_counts(self) -> np.ndarray:
@@ -110,6 +148,15 @@ class SegDataset(torch.utils.data.Dataset):
             lab = self.listing.read_label(s.label)
             out[i] = np.bincount(lab.ravel(), minlength=256)[:NUM_CLASSES]
         return out
+
+
+def _check_label_values(label: np.ndarray, path: Path) -> None:
+    bad = (label >= NUM_CLASSES) & (label != IGNORE_INDEX)
+    if bad.any():
+        values = sorted({int(v) for v in np.unique(label[bad])})
+        raise DataError(f"{path}: label values {', '.join(map(str, values[:5]))}{' ...' if len(values) > 5 else ''} "
+                        f"are not trainIds (expected 0-{NUM_CLASSES - 1}, or {IGNORE_INDEX} for ignore); convert "
+                        "the set's labels (`udabench data convert`)")
 
 
 def _random_crop(image: np.ndarray, label: np.ndarray, crop: tuple[int, int],

@@ -45,7 +45,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle errors, truncation, code objects refused by weights_only
-        raise ValueError(f"{p}: not a readable udabench checkpoint ({type(e).__name__}: {e})") from None
+        first = str(e).strip().split(". ")[0].splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{p}: not a readable udabench checkpoint, truncated or corrupted? "
+                         f"({type(e).__name__}: {first})") from None
 
 
 def rng_state() -> dict[str, Any]:

@@ -72,4 +72,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if extra:
         data = deep_merge(data, extra)
     data = apply_overrides(data, overrides)
-    return validate(data, str(path) if path else "<defaults>")
+    source = str(path) if path else "<defaults>"
+    if overrides:  # a bad value may come from the file or from an override: name both
+        source += " with " + " ".join(f"--set {o}" for o in overrides)
+    return validate(data, source)

@@ -28,6 +28,7 @@ from torch import nn
 
 from harness.config import RunConfig, save_config
 from harness.engine import checkpoint as ckpt
+from harness.errors import UsageError
 from harness.labels import CLASSES, NUM_CLASSES
 
 MEAN = (123.675, 116.28, 103.53)
@@ -178,6 +179,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, on_eval: OnEval | None = None, progress: bool | None = None) -> None:
         from harness.data import build_dataset
+        from harness.data.io import DataError
         from harness.models import create_segmentor
         from methods import AUX_TASKS, HOSTS
 
@@ -208,9 +210,14 @@ class Trainer:
         source = build_dataset(d.source, crop=d.crop, flip=d.flip, seed=cfg.seed)
         target = build_dataset(d.target, crop=d.crop, flip=d.flip, seed=cfg.seed + 1)
         rcs = (d.rcs_temperature, d.rcs_min_pixels) if d.rare_class_sampling else None
+        self.val = build_dataset(d.val)
+        for split, ds in (("source", source), ("target", target), ("val", self.val)):
+            if len(ds) == 0:
+                raise DataError(f"data.{split}: {ds_name(getattr(d, split))} holds no images")
+        source.check_crop("data.source")
+        target.check_crop("data.target")
         self.source_stream = SampleStream(source, cfg.seed, rcs)
         self.target_stream = SampleStream(target, cfg.seed + 1)
-        self.val = build_dataset(d.val)
         self.mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1)
         self.iteration = 0
@@ -392,7 +399,25 @@ class Trainer:
 def train(cfg: RunConfig, on_eval: OnEval | None = None, resume: str | Path | None = None,
           progress: bool | None = None) -> dict[str, float]:
     """Train one run; return the final evaluation's metrics. `resume`: a checkpoint file or folder."""
+    state = None
+    if resume is not None:  # read (and refuse) the checkpoint before anything is built or written
+        try:
+            state = ckpt.load(resume)
+        except ValueError as e:
+            raise UsageError(f"--resume: {e}") from None
+        if not isinstance(state, dict) or not {"config", "model", "iteration"} <= set(state):
+            raise UsageError(f"--resume: {ckpt.resolve(resume)}: not a udabench training checkpoint "
+                             "(expected a dict with 'config', 'model' and 'iteration')")
     trainer = Trainer(cfg, on_eval=on_eval, progress=progress)
-    if resume is not None:
-        trainer.load_state_dict(ckpt.load(resume, map_location=trainer.device), str(resume))
+    if state is not None:
+        try:
+            trainer.load_state_dict(state, str(ckpt.resolve(resume)))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     return trainer.run()
+
+
+def ds_name(ds_cfg) -> str:
+    """'synthetic target/val at datasets/synthetic': a dataset config in words, for messages."""
+    what = "/".join(str(v) for v in (ds_cfg.domain, ds_cfg.split) if v)
+    return f"{ds_cfg.name} {what} at {ds_cfg.root}"

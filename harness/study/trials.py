@@ -12,11 +12,7 @@ from typing import Any
 
 import yaml
 
-from harness.config import (
-    RunConfig,
-    apply_overrides,
-    deep_merge,
-)
+from harness.config import RunConfig, apply_overrides, deep_merge, raw_arch
 from harness.engine.resolve import validate as validate_config
 from harness.study.fields import fmt_num, nest
 from harness.study.spec import AUX_AXIS, NO_AUX, Resources, SearchParam, StudyFile
@@ -103,8 +99,7 @@ class Study:
         for name, value in point.items():
             overlays = deep_merge(overlays, self.axes[name].overlay(value))
         probe = apply_overrides(deep_merge(self.base, overlays), self.overrides)
-        arch = probe.get("model", {}).get("arch", RunConfig().model.arch)
-        data = deep_merge(self.base, scale_overlay(self.scale, arch if isinstance(arch, str) else None))
+        data = deep_merge(self.base, scale_overlay(self.scale, raw_arch(probe)))
         return apply_overrides(deep_merge(data, overlays), self.overrides)
 
     def resolve(self, point: dict[str, Any]) -> RunConfig:
