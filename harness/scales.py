@@ -82,9 +82,16 @@ SCALES: dict[str, dict[str, Any]] = {
     "paper": {
         "resources": {"cpu": 4, "gpu": 1},
         "arch_overlay": {
-            "deeplabv2": {"model": {"backbone": "resnet101"}, "method": {"ema_alpha": 0.99}},
-            "daformer": {"model": {"backbone": "pvt_v2_b5"}, "method": {"ema_alpha": 0.999}},
-            "segformer": {"model": {"backbone": "pvt_v2_b5"}, "method": {"ema_alpha": 0.999}},
+            # DAFormer's and MIC's DeepLab-v2: mmseg ResNetV1c (= timm resnet101c) from resnet101_v1c,
+            # ASPP (6, 12) (configs/_base_/models/deeplabv2red_r50-d8.py); MiT-B5 (= pvt_v2_b5) from
+            # SegFormer's mit_b5.pth. Files: harness.models.weights.OFFICIAL; `udabench weights list`.
+            "deeplabv2": {"model": {"backbone": "resnet101c", "pretrained": "pretrained/resnet101_v1c.pth",
+                                    "options": {"aspp_dilations": [6, 12]}},
+                          "method": {"ema_alpha": 0.99}},
+            "daformer": {"model": {"backbone": "pvt_v2_b5", "pretrained": "pretrained/mit_b5.pth"},
+                         "method": {"ema_alpha": 0.999}},
+            "segformer": {"model": {"backbone": "pvt_v2_b5", "pretrained": "pretrained/mit_b5.pth"},
+                          "method": {"ema_alpha": 0.999}},
         },
         "overlay": {
             "data": {

@@ -16,7 +16,8 @@ from harness.config import ConfigError
 from harness.engine.resolve import load_config
 from harness.env import offline
 from harness.models import MODELS, PAPER_BACKBONES, create_segmentor
-from harness.models.base import WeightsFileError, count_parameters
+from harness.models.base import count_parameters
+from harness.models.weights import WeightsFileError
 from harness.registry import UnknownNameError
 
 offline()
@@ -212,7 +213,7 @@ def test_pretrained_wrapped_state_dict(tmp_path):
 
 def test_pretrained_missing_file(tmp_path):
     path = tmp_path / "nope.pth"
-    with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
+    with pytest.raises(WeightsFileError, match=re.escape(str(path)) + ".*does not exist.*model.pretrained: null"):
         create_segmentor("deeplabv2", backbone="resnet18", pretrained=path)
 
 
@@ -260,12 +261,19 @@ def test_udabench_models_prints_paper_scale_counts(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
-    assert rows["deeplabv2"][1] == "resnet101" and rows["daformer"][1] == "pvt_v2_b5"
+    assert rows["deeplabv2"][1] == "resnet101c" and rows["daformer"][1] == "pvt_v2_b5"
     assert rows["segformer"][1] == "pvt_v2_b5"
     millions = {arch: [float(v.rstrip("M")) for v in rows[arch][2:5]] for arch in PAPER_BACKBONES}
-    # Encoders as measured in the stack notes (timm resnet101 at OS8 42.5M, pvt_v2_b5 81.4M); heads from
-    # their formulas at 19 classes.
-    assert millions["deeplabv2"] == [42.50, round(head_params("deeplabv2", [2048]) / 1e6, 2), 43.90]
+    # Encoders as measured in the stack notes (timm resnet101 at OS8 42.5M, pvt_v2_b5 81.4M); resnet101c's
+    # deep stem (3x3 convs 3-32-32-64 and their BN) replaces the 7x7 3->64 conv; heads from their formulas
+    # at 19 classes, DeepLab-v2's with the paper's ASPP (6, 12).
+    deep_stem = (3 * 32 * 9 + 2 * 32 + 32 * 32 * 9 + 2 * 32 + 32 * 64 * 9 + 2 * 64) - (3 * 64 * 49 + 2 * 64)
+    head = head_params("deeplabv2", [2048], dilations=(6, 12))
+    with torch.device("meta"):
+        resnet101 = sum(p.numel() for p in timm.create_model("resnet101", features_only=True).parameters())
+    assert round(resnet101 / 1e6, 2) == 42.50
+    assert millions["deeplabv2"] == [round((resnet101 + deep_stem) / 1e6, 2), round(head / 1e6, 2),
+                                     round((resnet101 + deep_stem + head) / 1e6, 2)]
     assert millions["daformer"][:2] == [81.44, round(head_params("daformer", [64, 128, 320, 512], 256) / 1e6, 2)]
     assert millions["segformer"][:2] == [81.44, round(head_params("segformer", [64, 128, 320, 512], 768) / 1e6, 2)]
 

@@ -18,6 +18,7 @@ from harness.errors import UsageError
 COMMANDS = (
     "harness.cli.data",
     "harness.cli.models",
+    "harness.cli.weights",
     "harness.cli.train",
     "harness.cli.eval",
     "harness.cli.study",

@@ -11,7 +11,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "models", help="list the segmentation architectures and their parameter counts",
         description="List the registered architectures and the parameter counts (encoder, decoder, total) "
-                    "of each at paper scale (deeplabv2/resnet101, daformer/pvt_v2_b5, segformer/pvt_v2_b5), "
+                    "of each at paper scale (deeplabv2/resnet101c with ASPP (6, 12), daformer/pvt_v2_b5, segformer/pvt_v2_b5), "
                     "counted by building the models on the meta device (no memory, no weights).")
     p.add_argument("--backbone", help="count every architecture with this timm backbone instead")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
@@ -46,13 +46,15 @@ def parameter_counts(arch: str, backbone: str | None = None, **options: Any) -> 
 def run_models(args: argparse.Namespace) -> int:
     from harness.config import ConfigError
     from harness.models import MODELS, PAPER_BACKBONES, describe
+    from harness.scales import scale_overlay
 
     options = _parse_options(args.options)
     rows, notes = [], []
     for arch in MODELS:
         backbone = args.backbone or PAPER_BACKBONES.get(arch)
+        paper = {} if args.backbone else scale_overlay("paper", arch).get("model", {}).get("options", {})
         try:
-            counts = parameter_counts(arch, backbone, **options)
+            counts = parameter_counts(arch, backbone, **{**paper, **options})
             cells = [f"{counts[k] / 1e6:.2f}M" for k in ("encoder", "decoder", "total")]
         except (ConfigError, ValueError) as e:
             cells = ["-", "-", "-"]

@@ -27,7 +27,7 @@ register_model = MODELS.register
 
 # The backbone each architecture uses at paper scale (and by default).
 PAPER_BACKBONES: dict[str, str] = {
-    "deeplabv2": "resnet101",
+    "deeplabv2": "resnet101c",  # mmseg ResNetV1c, DAFormer's and MIC's DeepLab-v2 (deep stem)
     "daformer": "pvt_v2_b5",
     "segformer": "pvt_v2_b5",
 }

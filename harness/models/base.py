@@ -9,12 +9,9 @@ A `Segmentor` is a timm `features_only` encoder plus a decode head:
 Auxiliary tasks rely on the split (MFM feeds rebuilt features to `decode`, contrastive reads `encode`).
 Inputs are normalised float images (the engine normalises on the device).
 
-Pretrained encoders come from a local file only, never from a hub: a timm state dict of the backbone
-(the format of timm's own weights, `timm.create_model(name).state_dict()`, as .pth/.pt or
-.safetensors, optionally wrapped as {"state_dict": ...} or {"model": ...}). The classifier may be
-present or not; every other tensor must be there with the right shape, or loading fails with an error
-naming the file and the first mismatching keys. timm itself loads `features_only` weights non-strictly
-and would silently keep random tensors, so the file is checked against the model first.
+Pretrained encoders come from a local file only, never from a hub: `harness.models.weights` reads
+the formats users have (timm/torchvision, SegFormer's MiT, mmseg's ResNetV1c) and checks them against
+the backbone before timm loads them.
 """
 
 from __future__ import annotations
@@ -29,10 +26,6 @@ from torch import nn
 
 from harness.config import ConfigError
 from harness.registry import UnknownNameError, closest
-
-
-class WeightsFileError(ConfigError):
-    """A pretrained weights file that cannot be read or does not match its backbone."""
 
 
 class Segmentor(nn.Module):
@@ -104,6 +97,8 @@ def create_encoder(backbone: str, out_indices: tuple[int, ...], pretrained: str 
     check_backbone(backbone)
     state_dict = None
     if pretrained is not None:
+        from harness.models.weights import load_backbone_weights
+
         state_dict = load_backbone_weights(pretrained, backbone, **timm_kwargs)
     kwargs: dict[str, Any] = dict(features_only=True, out_indices=tuple(out_indices), **timm_kwargs)
     if state_dict is not None:
@@ -117,54 +112,6 @@ def create_encoder(backbone: str, out_indices: tuple[int, ...], pretrained: str 
         raise ConfigError(
             f"backbone '{backbone}': timm cannot build it as a feature extractor with {shown}: "
             f"{type(e).__name__}: {e}") from None
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a weights file (.safetensors, or a torch file with weights_only=True) into a state dict."""
-    from timm.models import load_state_dict
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file '{path}' does not exist")
-    try:
-        sd = load_state_dict(str(path), use_ema=False, weights_only=True)
-    except Exception as e:  # unpickling errors, truncated files, not a dict, ...
-        raise WeightsFileError(
-            f"pretrained weights file '{path}' is not a readable state dict "
-            f"({type(e).__name__}: {e})") from None
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightsFileError(f"pretrained weights file '{path}' does not hold a state dict of tensors")
-    return dict(sd)
-
-
-def load_backbone_weights(path: str | Path, backbone: str, **timm_kwargs: Any) -> dict[str, torch.Tensor]:
-    """Read `path` and check it against timm's `backbone` (all tensors but the classifier, same shapes)."""
-    import timm
-
-    sd = read_state_dict(path)
-    with torch.device("meta"):
-        reference = timm.create_model(backbone, **timm_kwargs)
-    classifier = reference.pretrained_cfg.get("classifier") or ()
-    if isinstance(classifier, str):
-        classifier = (classifier,)
-    prefixes = tuple(f"{c}." for c in classifier)
-    sd = {k: v for k, v in sd.items() if not k.startswith(prefixes)}
-    expected = {k: v.shape for k, v in reference.state_dict().items() if not k.startswith(prefixes)}
-    missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in sd if k not in expected]
-    shapes = [f"{k} {tuple(sd[k].shape)} in the file, {tuple(s)} in the model"
-              for k, s in expected.items() if k in sd and sd[k].shape != s]
-    if missing or unexpected or shapes:
-        parts = []
-        for what, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-            if items:
-                shown = "; ".join(items[:3]) + ("; ..." if len(items) > 3 else "")
-                parts.append(f"{len(items)} {what} ({shown})")
-        raise WeightsFileError(
-            f"pretrained weights file '{path}' does not match timm backbone '{backbone}': "
-            + ", ".join(parts) + ". Expected a timm state dict of that model "
-            "(timm.create_model(name).state_dict() format).")
-    return sd
 
 
 def count_parameters(module: nn.Module) -> int:
