@@ -4,8 +4,10 @@ The limit is measured, not looked up: float32 `torch.mm` of two large square mat
 each), best of several repeats, with one torch thread (what a CPU-scale trial gets) and with every
 core. The step is the real engine's: `harness.engine.training.Trainer` built from the CPU-scale config of
 benchmarks/bench_aux.py (dacs, crop 128, batch 2, one thread), `Trainer.step` on batches loaded before
-the clock starts; its FLOPs come from `torch.utils.flop_counter.FlopCounterMode` around one step
-(forward, backward and the teacher's pseudo-labelling; matmuls and convolutions).
+the clock starts; its FLOPs come from `flops.counter()` around one step (forward, backward and the
+teacher's pseudo-labelling; matmuls and convolutions): torch's `FlopCounterMode` with the backward of
+grouped convolutions counted with its groups (torch's own formula counts a depthwise convolution's
+weight gradient `channels` times over; tests/test_flops.py checks the counter on plain layers).
 
 Rates are FLOPs per second of CPU time (this single-threaded process's `process_time`), which other
 load on the shared machine does not dilute, and per second of wall time, which it does; the fraction
@@ -59,8 +61,8 @@ def step_rate(arch: str, data_root: Path, size: int, batch: int, steps: int, war
     from collections import defaultdict
 
     import torch
+    from flops import counter as flop_counter
     from torch.utils.data import default_collate
-    from torch.utils.flop_counter import FlopCounterMode
 
     from harness.engine.training import Trainer
 
@@ -80,7 +82,7 @@ def step_rate(arch: str, data_root: Path, size: int, batch: int, steps: int, war
         if k >= warmup:
             wall.append(time.perf_counter() - w)
             cpu.append(time.process_time() - c)
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()
     with counter:
         trainer.step(*batches[-1], sums)
     flops = counter.get_total_flops()
