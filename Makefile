@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# outputs: runs/demo/ (samples, report), mlruns/, ray_results/, datasets/synthetic (DVC): all ignored by
+# git; the committed reports/ and dvc.lock stay as they are
 demo: $(STAMP)
 	$(BIN)/udabench demo
 

@@ -19,7 +19,7 @@ import torch
 
 from harness.cli import main
 from harness.models import create_segmentor
-from harness.models.weights import OFFICIAL, WeightsFileError, detect_format, verify
+from harness.models.weights import OFFICIAL, detect_format, verify
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "studies" / "configs"

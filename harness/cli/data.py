@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Write a PNG grid with N samples of each domain of a synthetic dataset: an image "
                     "row and its coloured label row per domain, to look at the domain gap.")
     w.add_argument("--root", default=DEFAULT_ROOT, help=f"synthetic dataset folder (default: {DEFAULT_ROOT})")
-    w.add_argument("--out", default="reports/synthetic_samples.png", help="PNG to write")
+    w.add_argument("--out", default="runs/synthetic_samples.png", help="PNG to write (default: %(default)s, git-ignored)")
     w.add_argument("-n", "--num", type=int, default=6, help="samples per domain (default 6)")
     w.add_argument("--split", help="split to show (default: val where it exists, else train)")
     w.add_argument("--domains", help="comma-separated domains (default: all in the dataset)")

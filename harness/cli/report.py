@@ -38,6 +38,19 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def check_out(out: Path) -> None:
+    """--out must be a folder or a path where one can be made: not a file, nor under one."""
+    from harness.errors import UsageError
+
+    for p in (out, *out.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                kind = "a file" if p.is_file() else "not a folder"
+                what = f"is {kind}" if p == out else f"is under {p}, which is {kind}"
+                raise UsageError(f"--out {out}: {what}; expected a folder for the reports (existing or new)")
+            return
+
+
 def run(args: argparse.Namespace) -> int:
     from harness.errors import UsageError
     from harness.report.page import build_reports
@@ -57,9 +70,14 @@ def run(args: argparse.Namespace) -> int:
                          curves=not args.no_curves, max_curve_groups=args.max_curve_groups)
     command = "udabench report " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if (
         len(sys.argv) > 1 and sys.argv[1] == "report") else "udabench report " + " ".join(args.studies)
+    check_out(Path(args.out))
+    from harness.report.runs import resolve_tracking_uri
+    from harness.study.tracking import store_errors
+
     start = time.perf_counter()
     try:
-        pages = build_reports(args.studies or None, opts, command=command.strip())
+        with store_errors(resolve_tracking_uri(args.tracking_uri)):  # a damaged store: one line, exit 2
+            pages = build_reports(args.studies or None, opts, command=command.strip())
     except ReportError as e:
         raise UsageError(str(e)) from None
     for path in pages:

@@ -177,9 +177,11 @@ def _report(outcome, root: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from harness.study import tracking
     from harness.study.runner import run_study
 
     study = _load(args, args.scale)
+    tracking.check_store(tracking.tracking_uri(args.root), write=True)  # a damaged store: before Ray starts
     return _report(run_study(study, args.root, args.address, force=args.force, cover=args.cover,
                              num_cpus=args.num_cpus, num_gpus=args.num_gpus, order=args.order), args.root)
 
@@ -202,6 +204,7 @@ def status_rows(study, root: str = ".") -> list[dict[str, Any]]:
     from harness.study.runner import data_hashes
 
     uri = tracking.tracking_uri(root)
+    tracking.check_store(uri)  # status only reads: an empty, damaged or older store is refused, not changed
     exp = tracking.experiment_id(uri, study.name) if tracking.store_exists(uri) else None
     runs = tracking.search(uri, exp, f"tags.scale = '{study.scale}'") if exp else []
     rank = {"FINISHED": 3, "RUNNING": 2, "FAILED": 1, "KILLED": 0}
@@ -243,8 +246,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
+    from harness.study import tracking
+
     study = _load(args, args.scale)
-    rows = status_rows(study, args.root)
+    with tracking.store_errors(tracking.tracking_uri(args.root)):  # a store failing mid-read: one line
+        rows = status_rows(study, args.root)
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0

@@ -95,11 +95,19 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 
 
 def _check_store(uri: str) -> None:
+    """A report only reads: a missing, empty, damaged or non-MLflow store file, or one MLflow would
+    migrate, is refused before MLflow opens it (harness.study.tracking.check_store)."""
+    from harness.study.tracking import StoreError, check_store
+
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
-        if not path.is_file():
+        path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+        if not path.exists():
             raise ReportError(f"tracking store {uri}: no such file (run a study first, or pass "
                               f"--tracking-uri / set MLFLOW_TRACKING_URI)")
+    try:
+        check_store(uri, write=False)
+    except StoreError as e:
+        raise ReportError(str(e)) from None
 
 
 def load_runs(studies: Sequence[str] | None, tracking_uri: str) -> pd.DataFrame:

@@ -4,10 +4,13 @@ Each trial is a function trainable (`tune.with_resources`) that resolves its con
 run (`harness.study.tracking`), calls `harness.engine.training.train` and, after every evaluation, logs the metrics
 and reports them to Tune with the checkpoint (`tune.report(..., checkpoint=...)`). A retried trial
 (`FailureConfig`) or a restored study (`Tuner.restore(..., resume_errored=True)`) continues from
-`tune.get_checkpoint()` and in the same MLflow run. Experiment state reaches the results folder every
-2 s (`SyncConfig(sync_period=2)`, `TUNE_GLOBAL_CHECKPOINT_S=2` in `harness.env`), so a killed driver
-loses seconds of work. Results: `<root>/ray_results/<study>.<scale>.<time>/` with `udabench.json`
-(what was run, for `study resume`).
+`tune.get_checkpoint()` (or a newer checkpoint of its own, `trainable.resume_point`) and in the same
+MLflow run, never logging a step twice. Experiment state reaches the results folder every 2 s
+(`SyncConfig(sync_period=2)`, `TUNE_GLOBAL_CHECKPOINT_S=2` in `harness.env`) and after every
+checkpoint, so a killed driver loses seconds of work. Every run carries its driver (tag `driver`): runs
+of the study that a dead driver left RUNNING are closed (KILLED, tag `error` says why) when `study run`
+or `study resume` starts and ends, whichever the user runs after a crash. Results:
+`<root>/ray_results/<study>.<scale>.<time>/` with `udabench.json` (what was run, for `study resume`).
 
 The Ray session a study runs in (loopback only, no orphans) is `harness.study.session`; what runs in
 each trial's worker is `harness.study.trainable`.
@@ -28,16 +31,17 @@ from typing import Any
 from harness.config import RunConfig
 from harness.study.load import load_study
 from harness.study.session import patched_environ, ray_session
-from harness.study.trainable import TRAIN_FN, TrialSpec, import_train_fn, trainable
+from harness.study.trainable import TRAIN_FN, TrialSpec, import_train_fn, trainable, trial_dirname
 from harness.study.trials import Study, Trial, absolutize, point_name
 
 RESULTS_DIR = "ray_results"
 META_FILE = "udabench.json"
+LABEL_CHECK_PIXELS = 100_000_000  # label pixels read per dataset before Ray starts (about 2 s here)
 ORDERS = ("file", "longest")  # the order a grid study's trials start in (`study run --order`)
 
 
 def _trial_dirname(trial) -> str:
-    return f"trial_{trial.trial_id}"
+    return trial_dirname(trial.trial_id)
 
 
 @dataclass
@@ -157,11 +161,34 @@ def _close_runs(results, spec: TrialSpec, outcome: Outcome) -> None:
             tracking.mark_failed(spec.tracking_uri, run.info.run_id,
                                  "interrupted: the study driver stopped; `udabench study resume` continues "
                                  "from the last checkpoint", status="KILLED")
+    close_orphaned_runs(spec.tracking_uri, spec.experiment_id, spec.study.name)
     states = [r.info.status for r in tracking.runs_by_trial(spec.tracking_uri, spec.experiment_id,
                                                              spec.ray_experiment).values()]
     outcome.finished = states.count("FINISHED")
     outcome.errored = states.count("FAILED")
     outcome.interrupted = results is None or outcome.finished + outcome.errored < outcome.planned
+
+
+def close_orphaned_runs(uri: str, experiment_id: str, study_name: str) -> int:
+    """Close (KILLED) the study's runs left RUNNING by a study driver that is gone (SIGKILL, crash):
+    nobody else would, and a run of a dead driver never ends. Runs of live drivers, of drivers on other
+    machines and runs without the `driver` tag are left alone. Returns how many were closed."""
+    from harness.study import tracking
+    from harness.study.session import driver_alive, driver_mark
+
+    me = driver_mark()
+
+    def why(run) -> str:
+        return (f"killed: its study driver ({run.data.tags.get('driver')}) ended without closing this run "
+                f"(SIGKILL or crash); closed by study driver {me}. `udabench study resume` continues Tune "
+                f"experiment {run.data.tags.get('ray_experiment', '?')} from the trial's last checkpoint; "
+                "`udabench study run` runs the unfinished trials again")
+
+    closed = tracking.close_orphaned_runs(uri, experiment_id, driver_alive, why)
+    if closed:
+        print(f"udabench: {len(closed)} run(s) of '{study_name}' left RUNNING by a study driver that is gone; "
+              f"marked KILLED: {', '.join(r.info.run_name or r.info.run_id for r in closed)}", flush=True)
+    return len(closed)
 
 
 def _trial_error(trial) -> str:
@@ -174,13 +201,15 @@ def _trial_error(trial) -> str:
     return ""
 
 
-def _spec(study: Study, root: Path, uri: str, experiment_id: str, name: str, train_fn: str) -> TrialSpec:
+def _spec(study: Study, root: Path, uri: str, experiment_id: str, path: Path, train_fn: str) -> TrialSpec:
     from harness.study import tracking
+    from harness.study.session import driver_mark
 
     commit, dirty = tracking.git_state(root)
     return TrialSpec(study=study, root=str(root), tracking_uri=uri, experiment_id=experiment_id,
-                     ray_experiment=name, git_commit=commit, git_dirty=dirty, train_fn=train_fn,
-                     threads=max(1, int(study.resources()["cpu"])))
+                     ray_experiment=path.name, git_commit=commit, git_dirty=dirty, train_fn=train_fn,
+                     threads=max(1, int(study.resources()["cpu"])), experiment_path=str(path.resolve()),
+                     driver=driver_mark())
 
 
 def _write_meta(path: Path, meta: dict[str, Any]) -> None:
@@ -192,26 +221,39 @@ def _write_meta(path: Path, meta: dict[str, Any]) -> None:
 
 def check_data(configs: list[RunConfig], root: str | Path) -> None:
     """Every dataset the trials read, checked before Ray starts or the tracking store is touched: its
-    listing (each image paired with its label) and every PNG in it complete (ends with IEND). Bad data
-    is a usage error naming the file, not a study of failed trials."""
+    listing (each image paired with its label), every PNG in it complete (ends with IEND), labels of
+    their image's size holding only trainIds (all labels of a small set, the first LABEL_CHECK_PIXELS of
+    a large one), and the training crop within the images. Bad data is a usage error naming the file,
+    not a study of failed trials."""
     from harness.data.dataset import build_dataset
     from harness.data.io import DataError, _png_truncated
     from harness.errors import UsageError
+    from harness.models.weights import WeightsFileError, check_present
     from harness.registry import UnknownNameError
 
     seen: set[str] = set()
     for cfg in configs:
+        if cfg.model.pretrained:  # before data: a missing encoder file says where to obtain it
+            try:
+                check_present(absolutize(cfg, root, Path(root), 1).model.pretrained)
+            except WeightsFileError as e:
+                raise UsageError(f"{cfg.name}: model.pretrained: {e}") from None
         data = absolutize(cfg, root, Path(root), 1).data
         for split in ("source", "target", "val"):
             ds = getattr(data, split)
-            if (key := ds.model_dump_json()) in seen:
+            if (key := ds.model_dump_json() + (str(data.crop) if split != "val" else "")) in seen:
                 continue
             seen.add(key)
             try:
-                for s in build_dataset(ds).samples:
+                dataset = build_dataset(ds, crop=data.crop if split != "val" else None)
+                if len(dataset) == 0:
+                    raise DataError(f"{ds.name} {ds.domain or ''}/{ds.split} at {ds.root} holds no images")
+                for s in dataset.samples:
                     for path in (s.image, s.label):
                         if path.suffix.lower() == ".png" and _png_truncated(path):
                             raise DataError(f"{path}: truncated PNG (the file does not end with an IEND chunk)")
+                dataset.check_crop(f"data.{split}")
+                dataset.check_labels(LABEL_CHECK_PIXELS)
             except (DataError, UnknownNameError) as e:
                 raise UsageError(f"{cfg.name}: data.{split}: {e}") from None
 
@@ -243,6 +285,7 @@ def run_study(study: Study, root: str | Path = ".", address: str | None = None, 
     uri = tracking.tracking_uri(root)
     outcome = Outcome(study=study.name)
     trials: list[Trial] | None = None
+    known: str | None = None  # the study's MLflow experiment, if it exists already
     if not study.is_search:
         trials = study.trials(cover=cover)
         outcome.planned = len(trials)
@@ -269,6 +312,8 @@ def run_study(study: Study, root: str | Path = ".", address: str | None = None, 
         outcome.planned = len(trials)  # this Tune experiment's trials
         if not trials:
             print(f"udabench: nothing to run for '{study.name}' at scale '{study.scale}'")
+            if known:
+                close_orphaned_runs(uri, known, study.name)
             return outcome
     else:
         outcome.planned = study.spec.search.num_samples if not cover else min(2, study.spec.search.num_samples)
@@ -289,6 +334,7 @@ def run_study(study: Study, root: str | Path = ".", address: str | None = None, 
     with ray_session(root, address, num_cpus, num_gpus):
         _check_resources(study)  # before anything is written
         exp_id = tracking.ensure_experiment(uri, study.name, root)
+        close_orphaned_runs(uri, exp_id, study.name)
         outcome.ray_experiment, outcome.path = name, results / name
         _write_meta(results / name, {
             "study_file": str(study.path.resolve()), "study": study.name, "study_file_hash": study.text_hash,
@@ -297,7 +343,7 @@ def run_study(study: Study, root: str | Path = ".", address: str | None = None, 
             "trials": [t.name for t in trials] if trials is not None else None, "planned": outcome.planned,
             "resources": study.resources(),
         })
-        spec = _spec(study, root, uri, exp_id, name, train_fn)
+        spec = _spec(study, root, uri, exp_id, results / name, train_fn)
         tuner = _tuner(study, spec, trials, results, name, num_samples=outcome.planned)
         return _fit(tuner, study, spec, outcome)
 
@@ -346,10 +392,11 @@ def resume_study(study_file: str | Path, root: str | Path = ".", scale: str | No
               "(finished trials are skipped)")
         return run_study(study, root, address, force=False, cover=meta.get("cover", False),
                          num_cpus=num_cpus, num_gpus=num_gpus, train_fn=train_fn)
-    spec = _spec(study, root, meta["tracking_uri"], meta["experiment_id"], path.name, train_fn)
+    spec = _spec(study, root, meta["tracking_uri"], meta["experiment_id"], path, train_fn)
     outcome.planned = meta["planned"]
     study.spec.resources = Resources(**meta["resources"])
     with ray_session(root, address, num_cpus, num_gpus):
         _check_resources(study)
+        close_orphaned_runs(spec.tracking_uri, spec.experiment_id, study.name)
         tuner = _tuner(study, spec, None, path.parent, path.name, restore=True)
         return _fit(tuner, study, spec, outcome)

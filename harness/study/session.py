@@ -17,8 +17,15 @@ with `strace -f -e trace=connect,sendto,sendmsg,sendmmsg`.
 
 No orphans: `ray.shutdown()` runs in a `finally`; SIGTERM is turned into Tune's graceful SIGINT
 stop. Every process of a Ray we start carries `UDABENCH_RAY_OWNER=<driver pid>:<start time>` in its
-environment, so what a SIGKILLed driver left behind (Ray's dashboard and runtime-env agents) is found
-by that mark and ended, by pid, the next time a study starts (`reap_orphans`).
+environment. A SIGKILLed driver runs no `finally`: its raylet and workers end within 3 s, but Ray's
+dashboard and runtime-env agents stay 60 s (they try to tell the dead GCS that the raylet died, with a
+60 s timeout fixed in Ray). So a Ray we start comes with a watchdog, a small process of its own
+(`watch`, not in the driver's process group) that ends, by pid, every process carrying the driver's mark
+within a second of the driver's end, however it ended; and the next study to start ends what is left
+of a dead driver's (`reap_orphans`: e.g. after the watchdog itself was killed).
+
+`driver_mark()` names this process as a study driver (the MLflow tag `driver` of the runs it owns) and
+`driver_alive(mark)` tells whether that driver still runs, so runs a dead driver left RUNNING are closed.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -83,6 +91,21 @@ def _start_time(pid: int) -> str | None:
 
 def _owner_mark() -> str:
     return f"{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def driver_mark() -> str:
+    """This process as a study driver (the MLflow tag `driver` of the runs it owns):
+    `<pid>:<start time>@<host>`."""
+    return f"{_owner_mark()}@{socket.gethostname()}"
+
+
+def driver_alive(mark: str) -> bool | None:
+    """Whether the study driver `mark` (`driver_mark()`) still runs; None when it ran on another machine
+    (or this one has no /proc): then nobody here can tell."""
+    owner, _, host = mark.partition("@")
+    if host != socket.gethostname() or not Path("/proc").is_dir():
+        return None
+    return _owner_alive(owner) and not _zombie(int(owner.partition(":")[0]))
 
 
 def marked_processes(mark: str | None = None, env_key: str = OWNER_ENV) -> dict[int, str]:
@@ -143,6 +166,46 @@ def reap_orphans() -> list[int]:
     return orphans
 
 
+WATCHDOG = "import sys; from harness.study.session import watch; watch(sys.argv[1])"
+
+
+def _start_watchdog(mark: str):
+    """Start `watch(mark)` in a process of its own (its own session: a Ctrl-C in the terminal is the
+    driver's, not its); None if it cannot start (then `reap_orphans` is the fallback)."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != OWNER_ENV}  # not a process of the Ray it watches
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[2]),
+                                                    env.get("PYTHONPATH")) if p)
+    try:
+        return subprocess.Popen([sys.executable, "-c", WATCHDOG, mark], env=env, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    except OSError:
+        return None
+
+
+def _stop_watchdog(proc) -> None:
+    if proc is not None:
+        with contextlib.suppress(OSError):
+            proc.terminate()
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=5)
+
+
+def watch(mark: str, interval: float = 0.2) -> None:
+    """The watchdog of the driver `mark` (`<pid>:<start time>`): wait until it has ended (however: a
+    SIGKILL runs no cleanup), then end every process still carrying its mark (Ray's agents would stay 60 s)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    pid = int(mark.partition(":")[0])
+    while _owner_alive(mark) and not _zombie(pid):
+        time.sleep(interval)
+    if left := list(marked_processes(mark)):
+        _terminate(left, timeout=1.0)  # Ray's runtime-env agent takes 5 s and more to heed a SIGTERM
+        with contextlib.suppress(Exception):
+            print(f"udabench: the study driver (pid {pid}) ended without shutting its Ray down; ended "
+                  f"{len(left)} Ray process(es) it left", file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
 def patched_environ(updates: dict[str, str]) -> Iterator[None]:
     old = {k: os.environ.get(k) for k in updates}
@@ -172,11 +235,12 @@ def ray_session(root: str | Path = ".", address: str | None = None, num_cpus: in
     import ray._private.ray_constants as rc
 
     cluster_flag = rc.ENABLE_RAY_CLUSTER
-    mark = None
+    mark = watchdog = None
     try:
         if address is None:
             reap_orphans()
             mark = _owner_mark()
+            watchdog = _start_watchdog(mark)
             user_home = os.path.expanduser("~")
             with patched_environ({**RAY_ENV, **LOCAL_ENV, "HOME": str(ray_home(root)), OWNER_ENV: mark}):
                 rc.ENABLE_RAY_CLUSTER = False  # read by ray at import time, and ray is imported already
@@ -187,6 +251,9 @@ def ray_session(root: str | Path = ".", address: str | None = None, num_cpus: in
                 ray.init(address=address, logging_level=logging.WARNING)
     except BaseException:
         rc.ENABLE_RAY_CLUSTER = cluster_flag
+        if mark is not None:  # what ray.init started before it failed
+            _terminate(list(marked_processes(mark)))
+        _stop_watchdog(watchdog)
         raise
     session_dir = _session_dir() if address is None else None
     try:
@@ -202,6 +269,7 @@ def ray_session(root: str | Path = ".", address: str | None = None, num_cpus: in
                 time.sleep(0.2)
             if left:
                 _terminate(left)
+        _stop_watchdog(watchdog)
 
 
 def _session_dir() -> Path | None:

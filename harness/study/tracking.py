@@ -3,6 +3,9 @@
 Store: `MLFLOW_TRACKING_URI` when set (e.g. an `mlflow server` on 127.0.0.1), else an embedded sqlite
 store under the project, `sqlite:///<root>/mlruns/mlflow.db`, with artifacts in `<root>/mlruns/artifacts/`
 (absolute paths, so a trial's working directory never matters). Telemetry is off (`harness.env`).
+`check_store` looks at a local store file before MLflow opens it (which would create, migrate or trip over
+it): reading commands (`report`, `study status`) never create or change a store, and `study run` refuses
+a damaged, foreign or older-schema one before Ray starts; `store_errors` makes a read failure one line.
 
 One run per trial, in the experiment named after the study (the schema in ARCHITECTURE.md):
 - params: the flattened resolved config (`model.arch`, `method.aux.mfm.options.mask_ratio`, ...);
@@ -10,13 +13,15 @@ One run per trial, in the experiment named after the study (the schema in ARCHIT
   with step = iteration;
 - tags: `study`, `trial_id`, `axis.<name>`, `git_commit`, `git_dirty`, `data_hash`, `config_hash`,
   `python`, `torch`, `cuda`, `device`, `scale`; also `trial_name`, `ray_experiment`, `node_id`, `node_ip`,
-  `attempt`, `resumed_from_checkpoint`, `study_file_hash`, and
-  `error` on a failed run;
+  `attempt`, `resumed_from_checkpoint`, `study_file_hash`, `driver` (the study driver that ran the trial:
+  `<pid>:<start time>@<host>`), `steps_not_relogged` (steps a resumed trial computed again but did not
+  log, the run holding them already), and `error` on a failed or killed run;
 - artifacts: `config.yaml` (the resolved config) and `per_class.csv` (the final per-class IoU).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -25,6 +30,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from harness.errors import UsageError
 
 TRACKING_DIR = "mlruns"
 STORE_FILE = "mlflow.db"
@@ -171,11 +178,14 @@ def _finite(v: Any) -> bool:
 
 class TrialRun:
     """The MLflow run of one study trial; re-opening the same trial (a retry or a restored study)
-    continues the same run."""
+    continues the same run. A run takes each step once: a re-opened run knows the last step it holds
+    (`last_step`) and `log_metrics` skips steps at or below it (a trial that restarts from an earlier
+    point than its run holds computes those evaluations again; the run keeps the values it has)."""
 
-    def __init__(self, uri: str, run_id: str, resumed: bool) -> None:
-        self.uri, self.run_id, self.resumed = uri, run_id, resumed
+    def __init__(self, uri: str, run_id: str, resumed: bool, last_step: int = -1) -> None:
+        self.uri, self.run_id, self.resumed, self.last_step = uri, run_id, resumed, last_step
         self.client = client(uri)
+        self.skipped: list[int] = []  # steps not logged again (the run held them already)
 
     @classmethod
     def open(cls, uri: str, experiment_id: str, trial_id: str, ray_experiment: str, run_name: str,
@@ -189,7 +199,7 @@ class TrialRun:
             run_id = found[0].info.run_id
             c.update_run(run_id, status="RUNNING")
             c.log_batch(run_id, tags=[RunTag(k, str(v)[:MAX_TAG]) for k, v in tags.items()])
-            return cls(uri, run_id, resumed=True)
+            return cls(uri, run_id, resumed=True, last_step=last_step(uri, found[0]))
         run = c.create_run(experiment_id, run_name=run_name,
                            tags={**{k: str(v)[:MAX_TAG] for k, v in tags.items()}, "trial_id": trial_id,
                                  "ray_experiment": ray_experiment})
@@ -203,15 +213,22 @@ class TrialRun:
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:MAX_TAG]) for k, v in tags.items()])
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int) -> bool:
+        """Log one evaluation at `step`; False (nothing logged) when the run holds that step already."""
         import time
 
         from mlflow.entities import Metric
 
+        if int(step) <= self.last_step:
+            self.skipped.append(int(step))
+            self.set_tags({"steps_not_relogged": ",".join(map(str, self.skipped))})
+            return False
+        self.last_step = int(step)
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if _finite(v)]
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+        return True
 
     def finish(self, config: dict[str, Any], metrics: dict[str, float]) -> None:
         import csv
@@ -231,6 +248,28 @@ class TrialRun:
 
     def fail(self, error: str, status: str = "FAILED") -> None:
         mark_failed(self.uri, self.run_id, error, status)
+
+
+def last_step(uri: str, run) -> int:
+    """The highest step of any metric the run holds (-1 when it holds none)."""
+    c = client(uri)
+    return max((m.step for key in run.data.metrics for m in c.get_metric_history(run.info.run_id, key)),
+               default=-1)
+
+
+def close_orphaned_runs(uri: str, experiment_id: str, alive, why) -> list:
+    """Mark KILLED every RUNNING run of the experiment whose study driver (tag `driver`) `alive(driver)`
+    says is gone (False; None: cannot tell, e.g. another machine's or a run without the tag); its `error`
+    tag is `why(run)`. Returns the runs closed."""
+    closed = []
+    for run in search(uri, experiment_id, "attributes.status = 'RUNNING'"):
+        driver = run.data.tags.get("driver")
+        if driver and alive(driver) is False:
+            now = client(uri).get_run(run.info.run_id)  # not re-opened meanwhile by a resuming driver
+            if now.info.status == "RUNNING" and now.data.tags.get("driver") == driver:
+                mark_failed(uri, run.info.run_id, why(run), status="KILLED")
+                closed.append(run)
+    return closed
 
 
 def mark_failed(uri: str, run_id: str, error: str, status: str = "FAILED") -> None:
@@ -261,10 +300,229 @@ def search(uri: str, experiment_id: str, filter_string: str = "") -> list:
 
 
 def store_exists(uri: str) -> bool:
-    """False for an embedded sqlite store that was never created (a server always exists)."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).is_file()
-    return True
+    """False for an embedded sqlite store that was never created: no file, an empty one (0 bytes) or an
+    SQLite file without tables, which a query would fill with MLflow's tables (a server always exists;
+    a file that is not a store counts as one: `check_store` says what is wrong with it)."""
+    path = store_path(uri)
+    if path is None:
+        return True
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' LIMIT 1").fetchone() is not None
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return True
+
+
+class StoreError(UsageError):
+    """A tracking store MLflow would fail on, change, or (for a reading command) create: one line naming
+    the store file, what is wrong and what was expected (exit code 2 in the CLI)."""
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+MLFLOW_TABLES = ("experiments", "runs", "alembic_version")  # what makes an SQLite file an MLflow store
+
+
+def store_path(uri: str) -> Path | None:
+    """The file of an embedded sqlite store (`sqlite:///<path>`); None for anything else."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def check_store(uri: str, write: bool = False) -> None:
+    """Refuse a local store before MLflow opens it, never changing it (the file is read, then opened
+    read-only): a file that is not an SQLite database, a truncated or damaged one, an SQLite database
+    without MLflow's tables, and a store of another MLflow schema (opening an older one migrates it).
+    A reading command (`write=False`) also refuses an empty store (0 bytes, or an SQLite file without
+    tables) and one without the Default experiment, since MLflow writes both on opening. A missing
+    sqlite file passes (a reader says so itself, a writer creates it); a server is not checked here.
+    A store that `client` is creating right now is checked once it is complete (its lock)."""
+    if not uri.startswith("sqlite:"):
+        if is_local_store(uri):
+            _check_folder_store(uri, write)
+        return
+    path = store_path(uri)
+    if path is not None:
+        with _creation_done(path):
+            _check_sqlite_store(path, uri, write)
+
+
+@contextlib.contextmanager
+def _creation_done(db: Path):
+    """Wait while `client` creates the store's tables (it holds `<db>.lock` meanwhile, and makes the lock
+    file before the store): a half-made store is not a damaged one. Never creates the lock file."""
+    try:
+        lock = open(db.with_name(db.name + ".lock"), "rb")
+    except OSError:
+        lock = None
+    try:
+        if lock is not None:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_SH)
+        yield
+    finally:
+        if lock is not None:
+            lock.close()  # releases the lock
+
+
+def _check_sqlite_store(path: Path, uri: str, write: bool) -> None:
+    if not path.exists():
+        return
+    where = f"tracking store {path}"
+    if path.is_dir():
+        raise StoreError(f"{where}: a folder, not a file (expected MLflow's sqlite store file, "
+                         f"e.g. mlruns/{STORE_FILE})")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(100)
+    except OSError as e:
+        raise StoreError(f"{where}: cannot be read: {e.strerror or e}") from None
+    if size == 0:
+        if write:
+            return  # nothing stored yet: MLflow creates the tables, as in a new file
+        raise StoreError(f"{where}: an empty file (0 bytes), not an MLflow store yet; a reading command "
+                         "does not create one (`udabench study run` does)")
+    if not head.startswith(SQLITE_MAGIC):
+        raise StoreError(f"{where}: not an SQLite database (it begins with {head[:16]!r}; expected "
+                         f"{SQLITE_MAGIC[:15].decode()!r}): not an MLflow store")
+    page = int.from_bytes(head[16:18], "big") if len(head) >= 18 else 0
+    page = 65536 if page == 1 else page
+    pages = int.from_bytes(head[28:32], "big") if len(head) == 100 else 0
+    wal = path.with_name(path.name + "-wal").exists()  # pages may live in the WAL: sizes do not add up
+    if len(head) < 100 or not page or (not wal and (size % page or (
+            head[24:28] == head[92:96] and size < pages * page))):
+        said = f"; its header says {pages} pages of {page} bytes ({pages * page} bytes)" if pages else ""
+        raise StoreError(f"{where}: truncated ({size} bytes{said}): a damaged store; restore it from "
+                         "a backup")
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    except sqlite3.Error as e:
+        raise StoreError(f"{where}: cannot be opened as an SQLite database: {e}") from None
+    try:
+        check = [r[0] for r in con.execute("PRAGMA quick_check")]
+        if check != ["ok"]:
+            first = " ".join(str(check[0]).replace("*** in database main ***", "").split())
+            raise StoreError(f"{where}: damaged (SQLite quick_check: {first}"
+                             f"{f'; {len(check) - 1} more problem(s)' if len(check) > 1 else ''}); "
+                             "restore it from a backup")
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables:
+            if write:
+                return
+            raise StoreError(f"{where}: an SQLite database with no tables, not an MLflow store yet; a "
+                             "reading command does not create one (`udabench study run` does)")
+        missing = [t for t in MLFLOW_TABLES if t not in tables]
+        if missing == ["alembic_version"]:  # MLflow before 1.0 kept no schema version
+            raise StoreError(f"{where}: an MLflow store of a pre-1.0 schema (no table alembic_version), not "
+                             f"migrated here: back it up, then run `mlflow db upgrade {uri}`")
+        if missing:
+            shown = ", ".join(sorted(tables)[:8]) + (", ..." if len(tables) > 8 else "")
+            raise StoreError(f"{where}: an SQLite database but not an MLflow store (no table "
+                             f"{', '.join(missing)}; it has {shown})")
+        found = [r[0] for r in con.execute("SELECT version_num FROM alembic_version")]
+        has_default = bool(list(con.execute("SELECT 1 FROM experiments WHERE experiment_id = 0")))
+    except sqlite3.Error as e:
+        msg = " ".join(str(e).split())
+        if "locked" in msg or "busy" in msg:
+            raise StoreError(f"{where}: locked by another process ({msg}); try again when it is done") from None
+        raise StoreError(f"{where}: damaged (SQLite: {msg}); restore it from a backup") from None
+    finally:
+        con.close()
+    _check_schema(where, uri, found, tables)
+    if not has_default and not write:
+        raise StoreError(f"{where}: an MLflow store without the Default experiment (id 0), which MLflow "
+                         "adds on opening a store; a reading command does not write (`udabench study "
+                         "run` adds it)")
+
+
+def _check_schema(where: str, uri: str, found: list[str], tables: set[str]) -> None:
+    """The store's alembic revision is this MLflow's head and every table MLflow expects exists;
+    otherwise MLflow refuses the store, or migrates it on opening (when tables are missing)."""
+    import mlflow
+
+    try:
+        from alembic.script import ScriptDirectory
+        from mlflow.store.db.base_sql_model import Base
+        from mlflow.store.db.utils import _get_alembic_config  # imports every MLflow table model
+
+        script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
+        head = script.get_heads()[0]
+        known = {r.revision for r in script.walk_revisions()}
+        expected = set(Base.metadata.tables)
+    except Exception:  # another MLflow's internals: MLflow's own check still runs when it opens the store
+        return
+    if len(found) != 1:
+        raise StoreError(f"{where}: an MLflow store without one schema version (alembic_version holds "
+                         f"{len(found)} rows; expected 1, {head})")
+    rev = found[0]
+    if rev != head and rev in known:
+        raise StoreError(f"{where}: an MLflow store of an older schema (revision {rev}; MLflow "
+                         f"{mlflow.__version__} uses {head}), not migrated here: back it up, "
+                         f"then run `mlflow db upgrade {uri}`")
+    if rev != head:
+        raise StoreError(f"{where}: an MLflow store of schema revision {rev}, which MLflow "
+                         f"{mlflow.__version__} does not know (written by a newer MLflow?); expected {head}")
+    missing = sorted(expected - tables)
+    if missing:
+        raise StoreError(f"{where}: an incomplete MLflow store (no table {', '.join(missing[:5])}"
+                         f"{', ...' if len(missing) > 5 else ''}), which opening it would change; restore "
+                         "it from a backup")
+
+
+def _check_folder_store(uri: str, write: bool) -> None:
+    """A local path given as the store (`mlruns/mlflow.db` without `sqlite:///`, or `file:`): MLflow
+    reads it as a file-store folder, creating it when missing."""
+    from urllib.parse import unquote, urlparse
+
+    path = Path(unquote(urlparse(uri).path) if uri.startswith("file:") else uri)
+    if path.is_file():
+        try:
+            with open(path, "rb") as f:
+                sqlite = f.read(16) == SQLITE_MAGIC
+        except OSError:
+            sqlite = False
+        hint = f"an SQLite file: pass sqlite:///{path.resolve()}" if sqlite else "a file, not an MLflow store"
+        raise StoreError(f"tracking store {uri}: {hint} (a bare path names an MLflow file-store folder)")
+    if not path.exists() and not write:
+        raise StoreError(f"tracking store {uri}: no such folder (expected sqlite:///<file>, an MLflow "
+                         "file-store folder or a server URL); a reading command does not create one")
+
+
+@contextlib.contextmanager
+def store_errors(uri: str):
+    """Errors of the store's database, or MLflow's refusal of it, while a command reads it -> one-line
+    StoreError naming the store."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as e:
+        import sqlite3
+
+        from mlflow.exceptions import MlflowException
+        from sqlalchemy.exc import DBAPIError
+
+        if isinstance(e, DBAPIError) and e.orig is not None:
+            msg = str(e.orig)
+        elif isinstance(e, sqlite3.Error | MlflowException):
+            msg = str(e.message if isinstance(e, MlflowException) else e)
+        else:
+            raise
+        path = store_path(uri) or uri
+        first = msg.strip().splitlines()[0] if msg.strip() else type(e).__name__
+        raise StoreError(f"tracking store {path}: {first}") from None
 
 
 def experiment_id(uri: str, name: str) -> str | None:

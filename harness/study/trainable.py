@@ -1,7 +1,11 @@
 """One study trial as a Ray Tune function trainable: resolve its config, open its MLflow run
 (`harness.study.tracking`), call the training engine and, after every evaluation, log the metrics and
 report them to Tune with the checkpoint (`tune.report(..., checkpoint=...)`). A retried or restored
-trial continues from `tune.get_checkpoint()` and in the same MLflow run.
+trial continues in the same MLflow run from its newest readable checkpoint: `tune.get_checkpoint()`, or
+a newer one already in the trial's folder (the worker writes a checkpoint there before the driver hears
+of it: a driver killed in between restores an experiment state without it). A run takes each step once
+(`tracking.TrialRun.log_metrics`): evaluations a trial computes again, having restarted from an earlier
+point than its run holds, are reported to Tune but not logged again (tag `steps_not_relogged`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ class TrialSpec:
     git_dirty: str
     train_fn: str = TRAIN_FN
     threads: int = 1
+    experiment_path: str = ""  # the Tune experiment's folder (trial folders: trial_dirname)
+    driver: str = ""  # the study driver (session.driver_mark): the MLflow tag `driver`
+
+
+def trial_dirname(trial_id: str) -> str:
+    """A trial's folder in its Tune experiment's folder."""
+    return f"trial_{trial_id}"
 
 
 def import_train_fn(path: str):
@@ -42,6 +53,33 @@ def import_train_fn(path: str):
     return getattr(importlib.import_module(module), name)
 
 
+def _checkpoint_index(folder: Path) -> int:
+    """Tune's checkpoint folders are `checkpoint_<index>` (index rising through the trial's life)."""
+    tail = folder.name.removeprefix("checkpoint_")
+    return int(tail) if folder.name.startswith("checkpoint_") and tail.isdigit() else -1
+
+
+def resume_point(spec: TrialSpec, trial_id: str, checkpoint):
+    """The newest readable checkpoint of the trial: a folder of the trial's own newer than Tune's
+    (`checkpoint`, from the experiment state), else Tune's; None when there is none."""
+    from harness.engine import checkpoint as ckpt
+
+    if not spec.experiment_path:
+        return checkpoint
+    known = _checkpoint_index(Path(checkpoint.path)) if checkpoint is not None else -1
+    folder = Path(spec.experiment_path) / trial_dirname(trial_id)
+    newer = sorted((p for p in folder.glob("checkpoint_*") if _checkpoint_index(p) > known),
+                   key=_checkpoint_index, reverse=True)
+    for path in newer:
+        try:
+            ckpt.load(path)  # complete and readable (a copy cut short by a kill is not)
+        except (ValueError, OSError):
+            continue
+        print(f"udabench: trial {trial_id} continues from {path} (written before its study driver stopped; "
+              f"Tune's experiment state knew {checkpoint.path if checkpoint is not None else 'no checkpoint'})",
+              flush=True)
+        return path
+    return checkpoint
 
 
 def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
@@ -68,6 +106,8 @@ def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
         "study_file_hash": study.text_hash, **tracking.software_tags(),
         **{f"axis.{k}": str(v) for k, v in point.items()},  # exact (a sampled float in full)
     }
+    if spec.driver:  # who owns the run while it is RUNNING (a dead driver's runs are closed)
+        tags["driver"] = spec.driver
     data_hash = None
     with contextlib.suppress(Exception):  # data may be created by the run itself: tagged after it
         data_hash = tracking.data_hash(train_cfg)
@@ -75,11 +115,14 @@ def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
     run = tracking.TrialRun.open(spec.tracking_uri, spec.experiment_id, trial_id, spec.ray_experiment,
                                  run_name=point_name(point), tags=tags, params=tracking.flatten(cfg.to_dict()))
     resume = None
-    checkpoint = tune.get_checkpoint()
+    checkpoint = resume_point(spec, trial_id, tune.get_checkpoint())
     if checkpoint is not None:
         resume = workdir / "restored"
         shutil.rmtree(resume, ignore_errors=True)
-        checkpoint.to_directory(str(resume))
+        if isinstance(checkpoint, Path):
+            shutil.copytree(checkpoint, resume)
+        else:
+            checkpoint.to_directory(str(resume))
     attempt = 1
     if run.resumed:
         prev = run.client.get_run(run.run_id).data.tags
