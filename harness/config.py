@@ -52,6 +52,9 @@ class DatasetConfig(Strict):
     domain: str | None = "source"          # synthetic: source | target | target-fog | target-night
     split: str = "train"
     resize: tuple[PositiveInt, PositiveInt] | None = None  # (width, height) before cropping; None = keep
+    # resize as mmseg's Resize(img_scale=resize, keep_ratio=True): scale the image so that its long side is at
+    # most max(resize) and its short side at most min(resize) (GTA 1914x1052 -> 1280x704); False: stretch to it
+    keep_ratio: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -68,6 +71,12 @@ class DataConfig(Strict):
     rare_class_sampling: bool = False
     rcs_temperature: float = Field(0.01, gt=0)
     rcs_min_pixels: int = Field(3000, ge=0)
+    # rare-class sampling re-draws the crop (up to 10 times) until it holds more than
+    # rcs_min_pixels * rcs_min_crop_ratio pixels of the sampled class (DAFormer); 0 = one crop, no re-draw
+    rcs_min_crop_ratio: float = Field(0.0, ge=0)
+    # source crops re-drawn (up to 10 times) while one class covers cat_max_ratio or more of the crop's
+    # labelled pixels (mmseg RandomCrop); 1 = no check
+    source_cat_max_ratio: float = Field(1.0, gt=0, le=1)
 
     @model_validator(mode="after")
     def _crop_fits(self) -> DataConfig:
@@ -88,11 +97,37 @@ class AuxConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+# DAFormer's feature-distance classes (trainIds): traffic light, traffic sign, person, rider, car, truck, bus,
+# train, motorcycle, bicycle (configs/_base_/uda/dacs_a999_fdthings.py)
+FD_THING_CLASSES = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)
+
+
+class FeatureDistanceConfig(Strict):
+    """ImageNet feature distance (DAFormer): L2 distance between the student's last encoder stage and a
+    frozen copy of the initial (pretrained) encoder on source images, on cells of `classes`."""
+
+    weight: float = Field(0.0, ge=0)      # lambda; 0 = off
+    classes: tuple[Annotated[int, Field(ge=0, lt=19)], ...] | None = FD_THING_CLASSES  # None = every cell
+    min_ratio: float = Field(0.75, ge=0, le=1)  # a cell's class must cover this share of its pixels
+
+
 class MethodConfig(Strict):
     host: str = "dacs"                    # source_only | dacs | oracle
     ema_alpha: float = Field(0.99, ge=0, le=1)
     pseudo_threshold: float = Field(0.968, ge=0, le=1)
+    # pseudo-label crop: the weight of the top/bottom rows of each target crop set to 0 (DAFormer)
+    pseudo_weight_ignore_top: int = Field(0, ge=0)
+    pseudo_weight_ignore_bottom: int = Field(0, ge=0)
+    # the EMA teacher's BatchNorm: `running` = eval mode with the EMA of the student's buffers (udabench's
+    # small scales); `batch` = statistics of the target batch, dropout/drop-path off, EMA of parameters only
+    teacher_bn: Literal["running", "batch"] = "running"
+    fd: FeatureDistanceConfig = Field(default_factory=FeatureDistanceConfig)
+    # source cross-entropy: mean over labelled pixels (`valid`) or over all pixels, ignored ones 0 (`all`, mmseg)
+    source_ce_mean: Literal["valid", "all"] = "valid"
     mix: Literal["classmix", "none"] = "classmix"
+    # ClassMix classes: half of each image's own classes (`image`), or half of the classes of the whole
+    # source batch, ignore included (`batch`, DAFormer's get_class_masks)
+    classmix_classes: Literal["image", "batch"] = "image"
     color_jitter: float = Field(0.2, ge=0)
     color_jitter_p: float = Field(0.8, ge=0, le=1)
     blur_p: float = Field(0.5, ge=0, le=1)
@@ -105,6 +140,9 @@ class OptimConfig(Strict):
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     grad_clip: float | None = Field(None, gt=0)
+    # weight decay x this on the encoder's normalisation parameters (LayerNorm/BatchNorm/GroupNorm weights
+    # and biases); DAFormer/MIC on MiT: 0 (paramwise_cfg custom_keys norm decay_mult=0)
+    encoder_norm_decay_mult: float = Field(1.0, ge=0)
 
 
 class ScheduleConfig(Strict):
@@ -121,6 +159,9 @@ class EvalConfig(Strict):
     stride: tuple[PositiveInt, PositiveInt] | None = None  # at most the crop in each direction
     max_images: int | None = Field(None, ge=1)  # cap the validation set (smoke runs)
     protocol: Literal["19", "16", "13"] = "19"
+    # score against labels at their stored resolution, logits upsampled to them (mmseg); False: labels
+    # resized with the image (data.val.resize)
+    full_resolution_labels: bool = False
 
     @model_validator(mode="after")
     def _window(self) -> EvalConfig:
@@ -150,6 +191,15 @@ class RunConfig(Strict):
     output: str = "runs/run"
     log_interval: int = Field(10, ge=1)
 
+    @model_validator(mode="after")
+    def _pseudo_crop_fits(self) -> RunConfig:
+        m = self.method
+        if m.pseudo_weight_ignore_top + m.pseudo_weight_ignore_bottom >= self.data.crop[0]:
+            raise ValueError(f"method.pseudo_weight_ignore_top + pseudo_weight_ignore_bottom "
+                             f"({m.pseudo_weight_ignore_top} + {m.pseudo_weight_ignore_bottom}) would ignore every "
+                             f"row of the {self.data.crop[0]}-pixel-high training crop")
+        return self
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
@@ -161,11 +211,44 @@ class RunConfig(Strict):
         return self.model_dump(mode="json")
 
     def hash(self) -> str:
-        """Hash of the resolved config, without the fields that do not change results."""
-        d = self.to_dict()
+        """Hash of the resolved config, without the fields that do not change results (and without the
+        LATER_FIELDS still at their defaults, so older configs keep their hashes)."""
+        d = without_later_defaults(self.to_dict())
         for k in ("name", "output", "log_interval", "device", "threads", "checkpoint_interval"):
             d.pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Fields added after runs were recorded (the paper-scale recipe, issue 17). While at their default (the
+# behaviour before they existed) they are left out of `RunConfig.hash()` and of the checkpoint's config
+# comparison, so a config that does not use them keeps its hash: MLflow runs, report selections and
+# `study resume` still recognise the runs made before. Append a field here when adding one with a neutral
+# default.
+LATER_FIELDS: tuple[tuple[str, ...], ...] = (
+    ("data", "source", "keep_ratio"), ("data", "target", "keep_ratio"), ("data", "val", "keep_ratio"),
+    ("data", "rcs_min_crop_ratio"), ("data", "source_cat_max_ratio"),
+    ("method", "pseudo_weight_ignore_top"), ("method", "pseudo_weight_ignore_bottom"),
+    ("method", "teacher_bn"), ("method", "fd"), ("method", "source_ce_mean"), ("method", "classmix_classes"),
+    ("optim", "encoder_norm_decay_mult"), ("eval", "full_resolution_labels"),
+)
+
+
+def without_later_defaults(d: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the config dict `d` (RunConfig.to_dict() form) without the LATER_FIELDS at their defaults."""
+    d = copy.deepcopy(d)
+    if not _DEFAULTS_JSON:
+        _DEFAULTS_JSON.update(RunConfig().to_dict())
+    defaults = _DEFAULTS_JSON
+    for path in LATER_FIELDS:
+        node, default = d, defaults
+        for key in path[:-1]:
+            node, default = node.get(key) if isinstance(node, dict) else None, default[key]
+        if isinstance(node, dict) and path[-1] in node and node[path[-1]] == default[path[-1]]:
+            del node[path[-1]]
+    return d
+
+
+_DEFAULTS_JSON: dict[str, Any] = {}  # RunConfig().to_dict(), filled on first use
 
 
 # --------------------------------------------------------------------------------------------------

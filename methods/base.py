@@ -19,9 +19,10 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-# backward(name, loss): checks the loss is finite (else raises naming it and the iteration), scales it
-# for AMP, back-propagates, and records its value for logging.
-Backward = Callable[[str, torch.Tensor], None]
+# backward(name, loss, retain_graph=False): checks the loss is finite (else raises naming it and the
+# iteration), scales it for AMP, back-propagates (keeping the graph when asked: a later loss shares it, as
+# the dacs host's feature distance shares the source CE's encoder pass), and records its value for logging.
+Backward = Callable[..., None]
 
 
 @dataclass
@@ -33,7 +34,8 @@ class StepContext:
     source_label: torch.Tensor           # B x H x W, long, 255 = ignore
     target_image: torch.Tensor           # B x 3 x H x W (clean, un-augmented)
     student: nn.Module                   # the segmentor being trained (encode / decode / forward)
-    teacher: nn.Module | None = None     # EMA teacher, eval mode, never receives gradients
+    teacher: nn.Module | None = None     # EMA teacher, eval mode (BN in train mode with method.teacher_bn
+                                         # 'batch'), never receives gradients
     pseudo_label: torch.Tensor | None = None   # B x H x W, long, teacher argmax on the clean target
     pseudo_weight: torch.Tensor | None = None  # B x H x W, float confidence weight
     target_label: torch.Tensor | None = None   # only the oracle host may read this

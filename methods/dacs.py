@@ -9,18 +9,33 @@ Per step (reference recipe, ../shared/reference/methods.md section 2):
 5. CE of the student on the mixed image against the mixed label, source pixels weighted 1;
 after the optimiser step, teacher <- alpha_t * teacher + (1 - alpha_t) * student,
 alpha_t = min(1 - 1/(t+1), alpha).
+
+The DAFormer/MIC recipe adds, each an option of `method` that is off at the small scales and set at
+paper scale (harness/scales.py, README "Paper-scale recipe"):
+- `fd`: ImageNet feature distance (DAFormer `calc_feat_dist`): the L2 distance between the student's
+  last encoder stage and a frozen, eval-mode copy of the initial encoder, on source images, averaged over
+  the cells of `fd.classes` in the area-downscaled label, back-propagated right after the source CE;
+- `pseudo_weight_ignore_top` / `_bottom`: the pseudo-weight of those rows of each target crop set to 0;
+- `teacher_bn: batch`: the teacher's BatchNorm uses the target batch's statistics (dropout and drop-path
+  off: every module but BatchNorm in eval mode), and the EMA averages parameters only;
+- `source_ce_mean: all`: the source CE averaged over all pixels, ignored ones counting 0 (mmseg);
+- `classmix_classes: batch`: ClassMix picks half of the classes of the whole source batch, ignore
+  included (DAFormer `get_class_masks`), for each image.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from harness.labels import IGNORE_INDEX
 from methods import register_host
+from methods._common import downscale_label
 from methods.base import Backward, HostMethod, StepContext
 
 
@@ -46,16 +61,48 @@ def strong_augment(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, 
     return (torch.stack(out).clamp(0, 1) * 255.0 - mean) / std
 
 
-def class_mix_masks(source_label: torch.Tensor) -> torch.Tensor:
-    """B x H x W bool: pixels of half (rounded up) of the classes present in each source label."""
+def class_mix_masks(source_label: torch.Tensor, classes_of: str = "image") -> torch.Tensor:
+    """B x H x W bool: pixels of half (rounded up) of the classes present in each source label
+    (`classes_of="image"`, ignore excluded), or of half of the classes present anywhere in the batch,
+    ignore included, drawn per image (`"batch"`, DAFormer's get_class_masks)."""
     masks = []
+    batch_classes = torch.unique(source_label) if classes_of == "batch" else None
     for lbl in source_label:
-        classes = torch.unique(lbl)
-        classes = classes[classes != IGNORE_INDEX]
+        if batch_classes is not None:
+            classes = batch_classes
+        else:
+            classes = torch.unique(lbl)
+            classes = classes[classes != IGNORE_INDEX]
         n = (len(classes) + 1) // 2
         chosen = classes[torch.randperm(len(classes), device=classes.device)[:n]]
         masks.append(torch.isin(lbl, chosen))
     return torch.stack(masks)
+
+
+def set_teacher_mode(teacher: nn.Module, bn: str) -> None:
+    """`running`: the whole teacher in eval mode. `batch`: BatchNorm layers in training mode (they
+    normalise with the batch's statistics), every other module in eval mode (no dropout, no drop-path)."""
+    teacher.eval()
+    if bn == "batch":
+        for m in teacher.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+
+
+def feature_distance(student: torch.Tensor, frozen: torch.Tensor, label: torch.Tensor,
+                     classes: Sequence[int] | None, min_ratio: float, num_classes: int) -> torch.Tensor:
+    """DAFormer's masked feature distance: the per-cell L2 norm of `student - frozen` (B x C x h x w),
+    averaged over the cells whose area-downscaled `label` (B x H x W; a cell keeps its majority class if
+    it covers at least `min_ratio` of its pixels) is one of `classes` (every cell when None). No such cell:
+    0, with a zero gradient (DAFormer's mean over no cells is NaN, its gradient also zero)."""
+    dist = torch.linalg.vector_norm(student.float() - frozen.float(), dim=1)
+    if classes is None:
+        return dist.mean()
+    cells = downscale_label(label, tuple(student.shape[-2:]), num_classes, min_ratio)
+    mask = torch.isin(cells, torch.as_tensor(list(classes), device=cells.device))
+    if not bool(mask.any()):
+        return dist.sum() * 0.0
+    return dist[mask].mean()
 
 
 @register_host("dacs")
@@ -67,37 +114,78 @@ class DACS(HostMethod):
         self.teacher = copy.deepcopy(model)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.teacher.eval()
+        set_teacher_mode(self.teacher, cfg.teacher_bn)
+        if cfg.fd.weight > 0:  # the initial (pretrained) model, frozen, always in eval mode; FD uses its encode
+            self.imnet = copy.deepcopy(model)
+            for p in self.imnet.parameters():
+                p.requires_grad_(False)
+            self.imnet.eval()
 
-    def train(self, mode: bool = True):  # the teacher stays in eval mode (no dropout, frozen BN)
+    def train(self, mode: bool = True):  # the teacher keeps its own mode (`teacher_bn`), FD's model eval
         super().train(mode)
-        self.teacher.eval()
+        set_teacher_mode(self.teacher, self.cfg.teacher_bn)
+        if hasattr(self, "imnet"):
+            self.imnet.eval()
         return self
 
     @torch.no_grad()
     def pseudo_label(self, target_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cfg.teacher_bn == "batch":
+            set_teacher_mode(self.teacher, "batch")
         probs = torch.softmax(self.teacher(target_image).float(), dim=1)
         confidence, label = probs.max(dim=1)
         ratio = (confidence >= self.cfg.pseudo_threshold).float().mean()
         return label, ratio * torch.ones_like(confidence)
+
+    def crop_pseudo_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """The pseudo-label crop: rows `pseudo_weight_ignore_top` / `_bottom` of each crop get weight 0."""
+        top, bottom = self.cfg.pseudo_weight_ignore_top, self.cfg.pseudo_weight_ignore_bottom
+        if top > 0:
+            weight[:, :top, :] = 0
+        if bottom > 0:
+            weight[:, -bottom:, :] = 0
+        return weight
+
+    def source_loss(self, ctx: StepContext, backward: Backward) -> None:
+        """The supervised source CE, then (with `fd.weight` > 0) the ImageNet feature distance."""
+        c = self.cfg
+        if c.fd.weight > 0:
+            features = self.model.encode(ctx.source_image)
+            logits = self.model.decode(features)
+            logits = F.interpolate(logits, size=ctx.source_image.shape[-2:], mode="bilinear", align_corners=False)
+        else:
+            logits = self.model(ctx.source_image)
+        if c.source_ce_mean == "all":
+            loss = F.cross_entropy(logits, ctx.source_label, ignore_index=IGNORE_INDEX, reduction="none").mean()
+        else:
+            loss = F.cross_entropy(logits, ctx.source_label, ignore_index=IGNORE_INDEX)
+        del logits
+        if c.fd.weight <= 0:
+            backward("sup", loss)
+            return
+        backward("sup", loss, retain_graph=True)
+        with torch.no_grad():
+            frozen = self.imnet.encode(ctx.source_image)[-1]
+        dist = feature_distance(features[-1], frozen, ctx.source_label, c.fd.classes, c.fd.min_ratio,
+                                self.model.num_classes)
+        backward("fd", c.fd.weight * dist)
 
     def augment(self, ctx: StepContext):
         c = self.cfg
         return lambda x: strong_augment(x, ctx.mean, ctx.std, c.color_jitter, c.color_jitter_p, c.blur_p)
 
     def step(self, ctx: StepContext, backward: Backward) -> None:
-        # 1. supervised source loss
-        logits = self.model(ctx.source_image)
-        backward("sup", F.cross_entropy(logits, ctx.source_label, ignore_index=IGNORE_INDEX))
-        del logits
+        # 1. supervised source loss (and the ImageNet feature distance)
+        self.source_loss(ctx, backward)
         # 2. teacher pseudo-labels on the clean target image
         ctx.teacher = self.teacher
         ctx.pseudo_label, ctx.pseudo_weight = self.pseudo_label(ctx.target_image)
         ctx.augment = self.augment(ctx)
-        ctx.stats["pseudo_weight"] = float(ctx.pseudo_weight.flatten()[0])
+        ctx.stats["pseudo_weight"] = float(ctx.pseudo_weight.flatten()[0])  # the confident share
+        ctx.pseudo_weight = self.crop_pseudo_weight(ctx.pseudo_weight)
         # 3. ClassMix (source pixels keep their label and weight 1) and 4. strong augmentation
         if self.cfg.mix == "classmix":
-            mask = class_mix_masks(ctx.source_label)
+            mask = class_mix_masks(ctx.source_label, self.cfg.classmix_classes)
             image = torch.where(mask[:, None], ctx.source_image, ctx.target_image)
             label = torch.where(mask, ctx.source_label, ctx.pseudo_label)
             weight = torch.where(mask, torch.ones_like(ctx.pseudo_weight), ctx.pseudo_weight)
@@ -113,6 +201,9 @@ class DACS(HostMethod):
         alpha = min(1.0 - 1.0 / (iteration + 1), self.cfg.ema_alpha)
         # teacher <- alpha * teacher + (1 - alpha) * student, as one fused update over all tensors
         pairs = [(t, s.detach()) for t, s in zip(self.teacher.parameters(), self.model.parameters())]
+        if self.cfg.teacher_bn == "batch":  # parameters only (DAFormer _update_ema): the teacher's BN
+            torch._foreach_lerp_([t for t, _ in pairs], [s for _, s in pairs], 1.0 - alpha)  # uses batch stats
+            return
         pairs += [(t, s) for t, s in zip(self.teacher.buffers(), self.model.buffers())
                   if t.dtype.is_floating_point]
         torch._foreach_lerp_([t for t, _ in pairs], [s for _, s in pairs], 1.0 - alpha)

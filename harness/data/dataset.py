@@ -5,6 +5,14 @@ resized (image bilinear, label nearest), randomly cropped and flipped. The rando
 item i are drawn from a generator seeded with (seed, epoch, i), so they do not depend on the worker
 process or the order items are fetched in: call `set_epoch(e)` before creating each epoch's
 iterator (a DataLoader with `persistent_workers=True` would keep the old epoch in its workers).
+
+The paper recipe's crop rules draw more crops from that same generator: `cat_max_ratio` < 1 re-draws a
+crop in which one class covers that share or more of the labelled pixels (mmseg `RandomCrop`, up to
+CROP_ATTEMPTS more draws, the last one kept); `item(i, rare_class=c, min_class_pixels=n, sample=k)`
+(rare-class sampling's re-crop, DAFormer `get_rare_class_sample`) re-draws the crop up to CROP_ATTEMPTS
+more times until it holds more than n pixels of c, from a generator seeded with (seed, epoch, i, k).
+`keep_ratio` resizes as mmseg's `Resize(keep_ratio=True)`; `resize_label=False` leaves the label at its
+stored resolution (evaluation against full-resolution labels).
 """
 
 from __future__ import annotations
@@ -20,23 +28,31 @@ from harness.data.io import DataError, image_size, read_class_counts, read_rgb
 from harness.data.layouts import Listing, LoaderOptions, listing_for, parse_options
 from harness.labels import IGNORE_INDEX, NUM_CLASSES
 
+CROP_ATTEMPTS = 10  # re-draws of a crop (mmseg RandomCrop's cat_max_ratio loop, DAFormer's RCS re-crop)
+
 
 class SegDataset(torch.utils.data.Dataset):
     def __init__(self, listing: Listing, resize: tuple[int, int] | None = None,
                  crop: tuple[int, int] | None = None, flip: float = 0.0, seed: int = 0,
-                 options: LoaderOptions | None = None) -> None:
+                 options: LoaderOptions | None = None, keep_ratio: bool = False, resize_label: bool = True,
+                 cat_max_ratio: float = 1.0) -> None:
         if crop is not None and (len(crop) != 2 or min(crop) < 1):
             raise ValueError(f"crop: expected (height, width) >= 1, got {crop!r}")
         if resize is not None and (len(resize) != 2 or min(resize) < 1):
             raise ValueError(f"resize: expected (width, height) >= 1, got {resize!r}")
         if not 0.0 <= flip <= 1.0:
             raise ValueError(f"flip: expected a probability in [0, 1], got {flip}")
+        if not 0.0 < cat_max_ratio <= 1.0:
+            raise ValueError(f"cat_max_ratio: expected a ratio in (0, 1], got {cat_max_ratio}")
         self.listing = listing
         self.samples = listing.samples
         self.resize = tuple(resize) if resize else None
         self.crop = tuple(crop) if crop else None
         self.flip = float(flip)
         self.seed = int(seed)
+        self.keep_ratio = bool(keep_ratio)
+        self.resize_label = bool(resize_label)
+        self.cat_max_ratio = float(cat_max_ratio)
         self.epoch = 0
         self.options = options or LoaderOptions()
         self._counts: np.ndarray | None = None
@@ -68,17 +84,39 @@ class SegDataset(torch.utils.data.Dataset):
                     f"{s.image} ({image.shape[1]}x{image.shape[0]}); set options.on_size_mismatch: resize "
                     f"to resize such labels")
         _check_label_values(label, s.label)
-        if self.resize is not None and image.shape[1::-1] != self.resize:
-            image = np.asarray(Image.fromarray(image).resize(self.resize, Image.BILINEAR))
-            label = np.asarray(Image.fromarray(label).resize(self.resize, Image.NEAREST))
+        size = self.resized(image.shape[1], image.shape[0])
+        if size is not None and image.shape[1::-1] != size:
+            image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+            if self.resize_label:
+                label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
         return image, label
 
+    def resized(self, width: int, height: int) -> tuple[int, int] | None:
+        """The (width, height) an image of `width` x `height` is resized to (None: kept). With `keep_ratio`,
+        mmcv's `rescale_size`: scale = min(long / long side, short / short side) of `resize`, rounded."""
+        if self.resize is None or not self.keep_ratio:
+            return self.resize
+        scale = min(max(self.resize) / max(width, height), min(self.resize) / min(width, height))
+        return int(width * scale + 0.5), int(height * scale + 0.5)
+
     def __getitem__(self, index: int) -> dict:
+        return self.item(index)
+
+    def item(self, index: int, rare_class: int | None = None, min_class_pixels: float = 0,
+             sample: int | None = None) -> dict:
+        """Item `index`; with `rare_class`, the crop is re-drawn (up to CROP_ATTEMPTS times) until it holds
+        more than `min_class_pixels` pixels of that class (the last draw kept), `sample` (the stream
+        position) seeding the draws with the index and epoch."""
         image, label = self.load(index)
         if self.crop is not None or self.flip > 0:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
+            key = [self.seed, self.epoch, index] + ([int(sample)] if sample is not None else [])
+            rng = np.random.default_rng(key)
             if self.crop is not None:
-                image, label = _random_crop(image, label, self.crop, rng)
+                for _ in range(1 + (CROP_ATTEMPTS if rare_class is not None else 0)):
+                    img, lab = _random_crop(image, label, self.crop, rng, self.cat_max_ratio)
+                    if rare_class is None or int(np.count_nonzero(lab == rare_class)) > min_class_pixels:
+                        break
+                image, label = img, lab
             if self.flip > 0 and rng.random() < self.flip:
                 image, label = image[:, ::-1], label[:, ::-1]
         return {
@@ -90,7 +128,10 @@ class SegDataset(torch.utils.data.Dataset):
     # -- checks before work starts -----------------------------------------------------------------
     def size(self, index: int = 0) -> tuple[int, int]:
         """(width, height) of item `index` as loaded (after `resize`), from the file header."""
-        return self.resize if self.resize is not None else image_size(self.samples[index].image)
+        if self.resize is not None and not self.keep_ratio:
+            return self.resize
+        size = image_size(self.samples[index].image)
+        return self.resized(*size) or size
 
     def check_crop(self, where: str) -> None:
         """DataError unless the training crop fits the first image (a smaller image would be padded
@@ -160,8 +201,10 @@ def _check_label_values(label: np.ndarray, path: Path) -> None:
 
 
 def _random_crop(image: np.ndarray, label: np.ndarray, crop: tuple[int, int],
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A random (h, w) window; images smaller than the crop are padded (image 0, label 255)."""
+                 rng: np.random.Generator, cat_max_ratio: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A random (h, w) window; images smaller than the crop are padded (image 0, label 255). With
+    `cat_max_ratio` < 1, re-drawn up to CROP_ATTEMPTS times until the crop holds two or more classes and
+    none covers `cat_max_ratio` or more of its labelled pixels (mmseg RandomCrop; the last draw is kept)."""
     ch, cw = crop
     h, w = label.shape
     if h < ch or w < cw:
@@ -169,16 +212,27 @@ def _random_crop(image: np.ndarray, label: np.ndarray, crop: tuple[int, int],
         image = np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=0)
         label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
         h, w = label.shape
-    y = int(rng.integers(0, h - ch + 1))
-    x = int(rng.integers(0, w - cw + 1))
+    for attempt in range(1 + (CROP_ATTEMPTS if cat_max_ratio < 1.0 else 0)):
+        y = int(rng.integers(0, h - ch + 1))
+        x = int(rng.integers(0, w - cw + 1))
+        if attempt == CROP_ATTEMPTS or cat_max_ratio >= 1.0:
+            break
+        counts = np.bincount(label[y:y + ch, x:x + cw].ravel(), minlength=256)
+        counts[IGNORE_INDEX] = 0
+        counts = counts[counts > 0]
+        if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
+            break
     return image[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
 
 
-def build_dataset(ds_cfg, crop: tuple[int, int] | None = None, flip: float = 0.0, seed: int = 0) -> SegDataset:
-    """The dataset of a `DatasetConfig` (name, root, domain, split, resize, options)."""
+def build_dataset(ds_cfg, crop: tuple[int, int] | None = None, flip: float = 0.0, seed: int = 0,
+                  cat_max_ratio: float = 1.0, resize_label: bool = True) -> SegDataset:
+    """The dataset of a `DatasetConfig` (name, root, domain, split, resize, keep_ratio, options)."""
     opts = parse_options(ds_cfg.options, f"dataset {ds_cfg.name}: options")
     listing = listing_for(ds_cfg, opts)
-    return SegDataset(listing, resize=ds_cfg.resize, crop=crop, flip=flip, seed=seed, options=opts)
+    return SegDataset(listing, resize=ds_cfg.resize, crop=crop, flip=flip, seed=seed, options=opts,
+                      keep_ratio=getattr(ds_cfg, "keep_ratio", False), resize_label=resize_label,
+                      cat_max_ratio=cat_max_ratio)
 
 
 def dataset_hash(ds_cfg) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.config import RunConfig, save_config
+from harness.config import RunConfig, save_config, without_later_defaults
 from harness.engine import checkpoint as ckpt
 from harness.errors import UsageError
 from harness.labels import CLASSES, NUM_CLASSES
@@ -67,10 +67,15 @@ class SampleStream(torch.utils.data.Dataset):
 
     With rare-class sampling (DAFormer), sample k first draws a class c with P(c) = softmax((1 - f_c)/T)
     and then an image holding at least `min_pixels` of c. Either way the draw depends only on (seed, k).
+    With `min_crop_ratio` > 0 (DAFormer's `min_crop_ratio`), the dataset re-draws that image's crop (up
+    to `harness.data.dataset.CROP_ATTEMPTS` times) until it holds more than `min_pixels * min_crop_ratio`
+    pixels of c (`SegDataset.item(..., rare_class=c)`), from a generator seeded with (seed, epoch, index, k).
     """
 
-    def __init__(self, dataset, seed: int, rcs: tuple[float, int] | None = None) -> None:
+    def __init__(self, dataset, seed: int, rcs: tuple[float, int] | None = None,
+                 min_crop_ratio: float = 0.0) -> None:
         self.dataset, self.seed, self.n = dataset, seed, len(dataset)
+        self.min_crop_pixels = None
         if self.n == 0:
             raise ValueError(f"dataset {getattr(dataset, 'root', dataset)} is empty")
         self.rcs = None
@@ -85,27 +90,37 @@ class SampleStream(torch.utils.data.Dataset):
             logits = (1.0 - freq[classes]) / temperature
             p = np.exp(logits - logits.max())
             self.rcs = (np.asarray(classes), p / p.sum(), present)
+            if min_crop_ratio > 0:
+                self.min_crop_pixels = min_pixels * min_crop_ratio
         self._perm_epoch, self._perm = -1, None
 
-    def index(self, k: int) -> tuple[int, int]:
+    def draw(self, k: int) -> tuple[int, int, int | None]:
+        """(dataset index, epoch, the rare class sampled or None) of sample k."""
         epoch, pos = divmod(k, self.n)
         if self.rcs is not None:
             classes, probs, present = self.rcs
             rng = np.random.default_rng((self.seed, 7, k))
             c = classes[rng.choice(len(classes), p=probs)]
-            return int(rng.choice(present[c])), epoch
+            return int(rng.choice(present[c])), epoch, int(c)
         if epoch != self._perm_epoch:
             self._perm = np.random.default_rng((self.seed, 11, epoch)).permutation(self.n)
             self._perm_epoch = epoch
-        return int(self._perm[pos]), epoch
+        return int(self._perm[pos]), epoch, None
+
+    def index(self, k: int) -> tuple[int, int]:
+        index, epoch, _ = self.draw(k)
+        return index, epoch
 
     def __len__(self) -> int:
         return sys.maxsize
 
     def __getitem__(self, k: int) -> dict[str, Any]:
-        index, epoch = self.index(k)
+        index, epoch, rare_class = self.draw(k)
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
+        if rare_class is not None and self.min_crop_pixels is not None:
+            return self.dataset.item(index, rare_class=rare_class, min_class_pixels=self.min_crop_pixels,
+                                     sample=k)
         return self.dataset[index]
 
 
@@ -149,6 +164,16 @@ def poly_warmup(iterations: int, warmup: int, ratio: float, power: float) -> Cal
     return factor
 
 
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
+def norm_parameters(module: nn.Module) -> set[int]:
+    """ids of the parameters of `module`'s normalisation layers (LayerNorm, BatchNorm, GroupNorm, ...; timm's
+    LayerNorm2d is a LayerNorm). On timm's PVTv2 these are exactly the parameters whose names contain
+    `norm`, the ones DAFormer's `paramwise_cfg` (custom_keys norm: decay_mult 0) matches on MiT."""
+    return {id(p) for m in module.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
+
+
 def build_optimizer(cfg: RunConfig, model: nn.Module, aux: nn.ModuleDict) -> torch.optim.Optimizer:
     groups = model.param_groups()
     o = cfg.optim
@@ -156,12 +181,19 @@ def build_optimizer(cfg: RunConfig, model: nn.Module, aux: nn.ModuleDict) -> tor
         {"name": "encoder", "params": list(groups["encoder"]), "lr": o.lr},
         {"name": "decoder", "params": list(groups["decoder"]), "lr": o.lr * o.head_lr_mult},
     ]
+    if o.encoder_norm_decay_mult != 1.0:  # the encoder's norm parameters in a group of their own
+        norms = norm_parameters(getattr(model, "encoder", model))
+        encoder = param_groups[0]["params"]
+        param_groups.insert(1, {"name": "encoder/norm", "params": [p for p in encoder if id(p) in norms],
+                                "lr": o.lr, "weight_decay": o.weight_decay * o.encoder_norm_decay_mult})
+        param_groups[0]["params"] = [p for p in encoder if id(p) not in norms]
+    n_model_groups = len(param_groups)
     for name, task in aux.items():
         params = [p for p in task.parameters() if p.requires_grad]
         if params:
             param_groups.append({"name": f"aux/{name}", "params": params,
                                  "lr": o.lr * cfg.method.aux[name].lr_mult})
-    counted = sum(len(g["params"]) for g in param_groups[:2])
+    counted = sum(len(g["params"]) for g in param_groups[:n_model_groups])
     if counted != len(list(model.parameters())):
         raise RuntimeError("model.param_groups() does not cover every parameter exactly once")
     # the fused kernel (CPU and CUDA): one pass over all parameters, ~4x faster than the loop
@@ -207,16 +239,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
 
         d = cfg.data
-        source = build_dataset(d.source, crop=d.crop, flip=d.flip, seed=cfg.seed)
+        source = build_dataset(d.source, crop=d.crop, flip=d.flip, seed=cfg.seed,
+                               cat_max_ratio=d.source_cat_max_ratio)
         target = build_dataset(d.target, crop=d.crop, flip=d.flip, seed=cfg.seed + 1)
         rcs = (d.rcs_temperature, d.rcs_min_pixels) if d.rare_class_sampling else None
-        self.val = build_dataset(d.val)
+        self.val = build_dataset(d.val, resize_label=not cfg.eval.full_resolution_labels)
         for split, ds in (("source", source), ("target", target), ("val", self.val)):
             if len(ds) == 0:
                 raise DataError(f"data.{split}: {ds_name(getattr(d, split))} holds no images")
         source.check_crop("data.source")
         target.check_crop("data.target")
-        self.source_stream = SampleStream(source, cfg.seed, rcs)
+        self.source_stream = SampleStream(source, cfg.seed, rcs, min_crop_ratio=d.rcs_min_crop_ratio)
         self.target_stream = SampleStream(target, cfg.seed + 1)
         self.mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1)
@@ -240,8 +273,8 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
         free = ("output", "name", "device", "threads", "log_interval", "checkpoint_interval")
-        saved = {k: v for k, v in state["config"].items() if k not in free}
-        mine = {k: v for k, v in self.cfg.to_dict().items() if k not in free}
+        saved = {k: v for k, v in without_later_defaults(state["config"]).items() if k not in free}
+        mine = {k: v for k, v in without_later_defaults(self.cfg.to_dict()).items() if k not in free}
         if saved != mine:
             diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k))
             raise ValueError(f"{source}: was written by a run with a different config (differs in: "
@@ -268,11 +301,11 @@ class Trainer:
 
         it = self.iteration
 
-        def backward(name: str, loss: torch.Tensor) -> None:
+        def backward(name: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrainingDiverged(f"loss '{name}' is {value} at iteration {it}")
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(loss).backward(retain_graph=retain_graph)
             sums[name] += value
 
         ctx = StepContext(
