@@ -121,3 +121,26 @@ def test_eval_prints_the_table_and_writes_json(synth_root, tmp_path, capsys):
                  "--crop", str(h), str(w), "--json", str(out2)]) == 0
     slide = json.loads(out2.read_text())
     assert slide["mode"] == "slide" and slide["miou"] == pytest.approx(result["miou"], abs=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["synthetic", "cityscapes", "gta5"])
+def test_eval_on_an_empty_dataset_folder_is_one_line_exit_2(layout, tmp_path, capsys):
+    """An empty folder (or one with the layout's folders but no images) given to `eval --data`."""
+    path, _, _ = write_checkpoint(tmp_path / "run")
+    root = tmp_path / "empty"
+    root.mkdir()
+    if layout == "cityscapes":
+        for sub in ("leftImg8bit/val", "gtFine/val"):
+            (root / sub).mkdir(parents=True)
+        spec = f"name=cityscapes,root={root},split=val"
+    elif layout == "gta5":
+        for sub in ("images", "labels"):
+            (root / sub).mkdir()
+        spec = f"name=gta5,root={root}"
+    else:
+        spec = f"name=synthetic,root={root},domain=target,split=val"
+    assert main(["eval", str(path), "--data", spec]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("udabench eval: error: ") and str(root) in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert sorted(p.name for p in root.rglob("*")) == sorted(p.name for p in root.rglob("*") if p.is_dir())
