@@ -6,8 +6,10 @@ batches through the MLflow client), then times the real command in a fresh proce
 
     .venv/bin/python benchmarks/bench_report.py --runs 1000 --studies 4
 
-Prints wall time and CPU time (user + system of the report process: robust to other load on a shared
-machine) per report, and the load average. The store is kept under --workdir (default /tmp/udabench-bench-report) and reused when it already
+Prints wall time and CPU time (user + system of the report process and its workers: robust to other
+load on a shared machine) per report, and the load average before and after. `udabench report` writes
+studies side by side on the CPUs other processes leave idle (its `--jobs` default counts them);
+`--jobs N` here passes a fixed number to it. The store is kept under --workdir (default /tmp/udabench-bench-report) and reused when it already
 holds the requested runs, so only the first call pays for filling it. `fill_store` is also what the
 report tests use for cases real study runs cannot produce cheaply (e.g. mixed data hashes).
 """
@@ -174,6 +176,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/udabench-bench-report"))
     ap.add_argument("--repeat", type=int, default=1, help="time the report this many times")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="pass --jobs N to the report (default: the report's own, one worker per idle CPU)")
     args = ap.parse_args()
 
     from harness.env import offline
@@ -192,8 +196,9 @@ def main() -> None:
         print(f"filled {db} with {args.runs} runs in {fill_s:.1f} s")
     out = args.workdir / "reports"
     cmd = [str(Path(sys.executable).parent / "udabench"), "report", *names, "--tracking-uri", uri,
-           "--out", str(out)]
+           "--out", str(out), *([] if args.jobs is None else ["--jobs", str(args.jobs)])]
     times, cpu = [], []
+    load_before = os.getloadavg()[0]
     for _ in range(args.repeat):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
@@ -203,8 +208,8 @@ def main() -> None:
         cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     result = {"runs": args.runs, "studies": args.studies, "evals_per_run": args.evals,
               "report_s": [round(t, 2) for t in times], "report_s_median": round(float(np.median(times)), 2),
-              "report_cpu_s_median": round(float(np.median(cpu)), 2),
-              "load_average_1min": round(os.getloadavg()[0], 2),
+              "report_cpu_s": [round(c, 2) for c in cpu], "report_cpu_s_median": round(float(np.median(cpu)), 2),
+              "load_average_1min_before": round(load_before, 2), "load_average_1min": round(os.getloadavg()[0], 2),
               "fill_s": None if fill_s is None else round(fill_s, 1), "command": " ".join(cmd),
               "cpus": os.cpu_count()}
     print(json.dumps(result, indent=2))

@@ -35,6 +35,9 @@ def register(subparsers) -> None:
                    help="skip the training-curve figures (they read the metric history)")
     p.add_argument("--max-curve-groups", type=int, default=16, metavar="N",
                    help="training curves show the N best settings of a study (default: 16)")
+    p.add_argument("--jobs", type=int, default=0, metavar="N",
+                   help="write up to N studies' folders side by side in worker processes (default 0: one "
+                        "per CPU other processes leave idle; 1: all in this process)")
     p.set_defaults(func=run)
 
 
@@ -65,9 +68,11 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--scale {scale} and --scale {value}: one scale for all studies, or STUDY=SCALE")
         else:
             scale = value
+    if args.jobs < 0:
+        raise UsageError(f"--jobs {args.jobs}: expected 0 (one per CPU) or a positive number of processes")
     opts = ReportOptions(out=args.out, tracking_uri=args.tracking_uri, allow_mixed=args.allow_mixed,
                          scale=scale, study_scales=per_study, figures=not args.no_figures,
-                         curves=not args.no_curves, max_curve_groups=args.max_curve_groups)
+                         curves=not args.no_curves, max_curve_groups=args.max_curve_groups, jobs=args.jobs)
     command = "udabench report " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if (
         len(sys.argv) > 1 and sys.argv[1] == "report") else "udabench report " + " ".join(args.studies)
     check_out(Path(args.out))

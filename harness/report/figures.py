@@ -1,6 +1,12 @@
-"""Report figures (seaborn on the Agg backend; matplotlib and seaborn are imported when a figure is
+"""Report figures (Agg backend, seaborn's theme; matplotlib and seaborn are imported when a figure is
 drawn): mIoU against each ablation axis, per-class gain bars, training curves from the metric history.
 Each figure is saved as PNG and SVG without timestamps, so a figure's files are reproducible.
+
+The axis figure is seaborn's. The gain bars and the curves are drawn with matplotlib exactly as
+seaborn's catplot, lineplot and relplot drew them (colours, bars, lines, bands, facets, legend, and
+the same layout steps; tests/test_report_speed.py compares the PNGs byte for byte): seaborn spent two
+thirds of their time on per-call machinery (a groupby per facet and level, two extra full draws to
+place the legend), which made them most of the report's time.
 """
 
 from __future__ import annotations
@@ -8,6 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from harness.labels import CLASSES
@@ -99,8 +106,9 @@ def fig_axis(data: StudyData, axis: str, folder: Path) -> tuple[str, str] | None
 
 def fig_class_gains(data: StudyData, folder: Path) -> tuple[str, str] | None:
     """Per-class paired gain of each auxiliary task over its host (bars = mean, whiskers = sd over
-    common seeds). With ablation axes, each task's best setting by mean gain is shown."""
-    plt, sns = _plotting()
+    common seeds). With ablation axes, each task's best setting by mean gain is shown. Drawn as
+    `sns.catplot(kind="bar", orient="h", col="architecture", hue=task, errorbar="sd")` drew it."""
+    _, sns = _plotting()
     runs = data.runs
     metrics = [iou_metric(CLASSES[i]) for i in data.classes]
     rows = []
@@ -125,22 +133,28 @@ def fig_class_gains(data: StudyData, folder: Path) -> tuple[str, str] | None:
         k = r[:3]
         if k not in best or r[3] > best[k][3]:
             best[k] = r
-    frames = []
-    for r in best.values():
-        d = r[5].rename(columns={iou_metric(CLASSES[i]): CLASSES[i] for i in data.classes})
-        long = d.reset_index().melt(id_vars="seed", var_name="class", value_name="gain")
-        long["architecture"] = r[0]
-        long["method"] = f"{r[1]} + {r[2]}"
-        frames.append(long)
-    long = pd.concat(frames, ignore_index=True)
-    g = sns.catplot(data=long, kind="bar", y="class", x="gain", hue="method", col="architecture",
-                    order=[CLASSES[i] for i in data.classes], errorbar="sd", orient="h",
-                    height=0.25 * len(data.classes) + 1.5, aspect=0.6, legend_out=True)
-    for ax in g.axes.flat:
+    classes = [CLASSES[i] for i in data.classes]
+    archs = list(dict.fromkeys(r[0] for r in best.values()))
+    methods = list(dict.fromkeys(f"{r[1]} + {r[2]}" for r in best.values()))
+    colors = {m: sns.desaturate(c, 0.75) for m, c in zip(methods, _palette(len(methods)))}
+    dodge = len(best) > len(archs)  # two tasks' bars share a class row: side by side
+    width = 0.8 / len(methods) if dodge else 0.8
+    fig, axes = _facets([f"architecture = {a}" for a in archs], len(archs), height=0.25 * len(classes) + 1.5,
+                        aspect=0.6)
+    for ax, arch in zip(axes, archs):
+        for r in (r for r in best.values() if r[0] == arch):
+            k = methods.index(f"{r[1]} + {r[2]}")
+            _bars(ax, r[5], [iou_metric(c) for c in classes], colors[methods[k]],
+                  (width * k + width / 2 - 0.8 / 2) if dodge else 0.0, width)
+        ax.set_yticks(range(len(classes)), classes)
+        ax.yaxis.grid(False)
+        ax.set_ylim(len(classes) - 0.5, -0.5)
         ax.axvline(0, color="black", lw=0.8)
-    g.set_axis_labels("IoU gain over host (points)", "")
-    g.set_titles("{col_name}")
-    fig = g.figure
+    _facet_labels(axes, archs, len(archs), "IoU gain over host (points)", "",
+                  ("gain", "class", "architecture = {}"))
+    from matplotlib.patches import Rectangle
+
+    _legend_right(fig, methods, colors, "method", [Rectangle((0, 0), 0, 0, facecolor=colors[m]) for m in methods])
     _save(fig, folder, "class_gains")
     caption = ("Per-class IoU gain over the host without auxiliary task (paired over common seeds; "
                "bar = mean, whisker = ± 1 sd)")
@@ -152,8 +166,10 @@ def fig_class_gains(data: StudyData, folder: Path) -> tuple[str, str] | None:
 
 def fig_curves(data: StudyData, history: pd.DataFrame, folder: Path, max_groups: int) -> list[tuple[str, str]]:
     """Training curves from the metric history: headline mIoU and each loss against iteration,
-    mean over seeds with a ± 1 sd band."""
-    plt, sns = _plotting()
+    mean over seeds with a ± 1 sd band. Drawn with matplotlib the way seaborn's `lineplot` and
+    `relplot(kind="line", col=...)` draw them (same colours, lines, bands, facets and legend), from
+    means and sds computed once (`_mean_sd`): seaborn's per-facet machinery cost twice the drawing."""
+    plt, _ = _plotting()
     if history.empty:
         return []
     runs = data.runs.copy()
@@ -163,11 +179,13 @@ def fig_curves(data: StudyData, history: pd.DataFrame, folder: Path, max_groups:
     note = f" ({max_groups} best of {len(ranking)} settings)" if len(ranking) > max_groups else ""
     hist = history.merge(runs[["run_id", "method"]], on="run_id")
     hist = hist[hist["method"].isin(keep)]
+    colors = dict(zip(keep, _palette(len(keep))))
     out = []
-    miou = hist[hist["key"] == data.metric].copy()
+    miou = hist[hist["key"] == data.metric]
     if not miou.empty:
         fig, ax = plt.subplots(figsize=(6, 3.6))
-        sns.lineplot(data=miou, x="step", y="value", hue="method", hue_order=keep, errorbar="sd", ax=ax)
+        _lines(ax, miou, keep, colors)
+        _proxies(ax, keep, colors, markeredgewidth=0.75, markeredgecolor="w")
         ax.set_xlabel("iteration")
         ax.set_ylabel(f"target {METRIC_LABEL[data.metric]} (%)")
         ax.legend(fontsize=7, loc="best")
@@ -176,11 +194,143 @@ def fig_curves(data: StudyData, history: pd.DataFrame, folder: Path, max_groups:
                                    "(mean over seeds, band = ± 1 sd)"))
     losses = hist[hist["key"].str.startswith("loss/")]
     if not losses.empty:
-        g = sns.relplot(data=losses, x="step", y="value", hue="method", hue_order=keep, col="key",
-                        col_wrap=min(3, losses["key"].nunique()), kind="line", errorbar="sd",
-                        height=2.6, aspect=1.3, facet_kws={"sharey": False})
-        g.set_axis_labels("iteration", "loss")
-        g.set_titles("{col_name}")
-        _save(g.figure, folder, "curves_loss")
+        keys = list(dict.fromkeys(losses["key"]))
+        fig, axes = _facets([f"key = {k}" for k in keys], min(3, len(keys)), height=2.6, aspect=1.3, sharey=False)
+        for ax, key in zip(axes, keys):
+            _lines(ax, losses[losses["key"] == key], keep, colors)
+        _facet_labels(axes, keys, min(3, len(keys)), "iteration", "loss", ("_x", "_y", "key = {}"))
+        _proxies(axes[0], keep, colors)
+        _legend_right(fig, keep, colors, "method")
+        _save(fig, folder, "curves_loss")
         out.append(("curves_loss", f"Training losses (mean since the previous evaluation){note}"))
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# seaborn's drawing, without its per-call machinery
+
+def _palette(n: int) -> list[tuple[float, float, float]]:
+    """seaborn's colours for n hue levels: the theme's palette when it has enough, else husl."""
+    import seaborn as sns
+
+    return list(sns.color_palette(None, n) if n <= len(sns.color_palette()) else sns.color_palette("husl", n))
+
+
+def _mean_sd(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x, mean and sd (NaN for one value) of `value` per `step`, as seaborn's lineplot computes them
+    (rows without step or value dropped; each step's values summed in ascending order)."""
+    d = df[["step", "value"]].dropna().sort_values(["step", "value"])
+    x = d["step"].to_numpy(float)
+    y = d["value"].to_numpy(float)
+    steps, first, counts = np.unique(x, return_index=True, return_counts=True)
+    if counts.max(initial=0) <= 1:  # one value per step: the values themselves, no band
+        return x, y, np.full(len(x), np.nan)
+    mean, sd = np.empty(len(steps)), np.full(len(steps), np.nan)
+    for i, (a, n) in enumerate(zip(first, counts)):
+        vals = y[a:a + n]
+        mean[i] = vals.sum() / n  # pandas' Series.mean and .std (two-pass), operation for operation
+        if n > 1:
+            sd[i] = np.sqrt(((mean[i] - vals) ** 2).sum() / (n - 1))
+    return steps, mean, sd
+
+
+def _lines(ax, df: pd.DataFrame, levels: list[str], colors: dict) -> None:
+    """One line per level (`method`) with a ± 1 sd band, as `sns.lineplot(errorbar="sd")` draws it."""
+    for level in levels:
+        sub = df[df["method"] == level]
+        if sub.empty:
+            continue
+        x, mean, sd = _mean_sd(sub)
+        line, = ax.plot(x, mean, markeredgewidth=0.75, markeredgecolor="w")
+        line.set_color(colors[level])
+        ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.2)
+
+
+def _bars(ax, gains: pd.DataFrame, metrics: list[str], color, offset: float, width: float) -> None:
+    """Horizontal bars of the mean gain per class (row i = metrics[i]) over seeds with ± 1 sd whiskers,
+    as `sns.barplot(orient="h", errorbar="sd")` draws one hue level (dodged by `offset`)."""
+    import matplotlib as mpl
+
+    rows, means, sds = [], [], []
+    for i, m in enumerate(metrics):
+        vals = gains[m].dropna()
+        if len(vals):
+            rows.append(i + offset)
+            means.append(vals.mean())
+            sds.append(vals.std() if len(vals) > 1 else np.nan)
+    pos = np.array(rows, float)
+    ax.barh(y=pos - width / 2, width=means, height=width, align="edge", color=color, facecolor=color)
+    for y, mean, sd in zip(pos, means, sds):
+        ax.plot([mean - sd, mean + sd], [y, y], color=".26", linewidth=1.5 * mpl.rcParams["lines.linewidth"])
+
+
+def _proxies(ax, levels: list[str], colors: dict, **kws) -> None:
+    """seaborn's legend entries: an empty labelled line per level, added to the axes."""
+    from matplotlib.lines import Line2D
+
+    for level in levels:
+        ax.add_artist(Line2D([], [], label=level, color=colors[level], **kws))
+
+
+def _facets(titles: list[str], ncol: int, height: float, aspect: float, sharex: bool = True,
+            sharey: bool = True):
+    """A FacetGrid's figure: one axes per title in rows of ncol, each height x height * aspect inches,
+    laid out (tight) with the titles, then the top and right spines removed and the inner tick labels
+    of shared axes hidden, in FacetGrid's order (the spacing laid out later starts from this one)."""
+    import matplotlib as mpl
+    import matplotlib.pyplot as plt
+
+    n = len(titles)
+    nrow = -(-n // ncol)
+    fig = plt.figure(figsize=(ncol * height * aspect, nrow * height))
+    axes: list = []
+    for i, title in enumerate(titles):
+        shared = {"sharex": axes[0] if sharex else None, "sharey": axes[0] if sharey else None} if axes else {}
+        axes.append(fig.add_subplot(nrow, ncol, i + 1, **shared))
+        axes[-1].set_title(title, size=mpl.rcParams["axes.labelsize"])
+    fig.tight_layout()
+    for i, ax in enumerate(axes):
+        ax.spines[["top", "right"]].set_visible(False)
+        if sharex and i + ncol < n:  # not the bottom axes of its column
+            for label in ax.get_xticklabels():
+                label.set_visible(False)
+            ax.xaxis.offsetText.set_visible(False)
+            ax.xaxis.label.set_visible(False)
+        if sharey and i % ncol:
+            for label in ax.get_yticklabels():
+                label.set_visible(False)
+            ax.yaxis.offsetText.set_visible(False)
+            ax.yaxis.label.set_visible(False)
+    return fig, axes
+
+
+def _facet_labels(axes: list, titles: list[str], ncol: int, xlabel: str, ylabel: str,
+                  laid_out_as: tuple[str, str, str]) -> None:
+    """Titles (at the axis-label size, as FacetGrid sets them) and axis labels on the outer axes.
+    The grid is laid out (tight) with the labels seaborn's figure-level functions lay it out with
+    (`laid_out_as`: x label, y label, title template; they name the data's columns) and relabelled
+    after, as the report always did: the figures keep their proportions."""
+    import matplotlib as mpl
+
+    for texts in (laid_out_as, (xlabel, ylabel, "{}")):
+        for i, (ax, title) in enumerate(zip(axes, titles)):
+            ax.set_title(texts[2].format(title), size=mpl.rcParams["axes.labelsize"])
+            ax.set_xlabel(texts[0] if i + ncol >= len(axes) else "")
+            ax.set_ylabel(texts[1] if i % ncol == 0 else "")
+        if texts is laid_out_as:
+            axes[0].get_figure().tight_layout()
+
+
+def _legend_right(fig, levels: list[str], colors: dict, title: str, handles: list | None = None) -> None:
+    """FacetGrid.add_legend(legend_out=True): a legend right of the grid, the figure widened by its
+    width and the axes kept left of it (the width measured without drawing the figure twice)."""
+    import matplotlib as mpl
+    from matplotlib.lines import Line2D
+
+    handles = handles or [Line2D([], [], color=colors[level]) for level in levels]
+    legend = fig.legend(handles, levels, scatterpoints=1, frameon=False, loc="center right")
+    legend.set_title(title, prop={"size": mpl.rcParams["legend.title_fontsize"]})
+    width = legend.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi
+    fig_width, fig_height = fig.get_size_inches()
+    fig.set_size_inches(fig_width + width, fig_height)
+    fig.subplots_adjust(right=1 - (0.01 + width / (fig_width + width)))

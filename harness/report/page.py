@@ -9,7 +9,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +127,10 @@ def _round(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 4)
 
 
-def write_study(data: StudyData, opts: ReportOptions, command: str) -> tuple[Path, dict[str, Any]]:
-    """Build one study's folder in a temporary folder next to it, then swap it into place."""
+def write_study(data: StudyData, opts: ReportOptions, command: str, history: pd.DataFrame | None = None
+                ) -> tuple[Path, dict[str, Any]]:
+    """Build one study's folder in a temporary folder next to it, then swap it into place. `history`:
+    the metric history of the training curves (`curve_history`), read from the store when not given."""
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{data.name}.", dir=out))
@@ -159,10 +161,12 @@ def write_study(data: StudyData, opts: ReportOptions, command: str) -> tuple[Pat
             if f:
                 figures.append(f)
             if opts.curves:
-                keys = [data.metric, *(c for c in data.runs.columns if c.startswith("loss/"))]
-                history = metric_history(data.runs["run_id"], keys, resolve_tracking_uri(opts.tracking_uri))
+                if history is None:
+                    history = curve_history(data, opts)
                 figures += fig_curves(data, history, tmp / "figures", opts.max_curve_groups)
         (tmp / "README.md").write_text(page(data, tables, figures, opts, command))
+        if _stop is not None and _stop.is_set():  # a worker of a report that is stopping: no new folder
+            raise _Stopped
         final = out / data.name
         old = None
         if final.exists():
@@ -175,6 +179,12 @@ def write_study(data: StudyData, opts: ReportOptions, command: str) -> tuple[Pat
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final, headline(data, summary, gains)
+
+
+def curve_history(data: StudyData, opts: ReportOptions) -> pd.DataFrame:
+    """The metric history the training curves show: the headline metric and each loss."""
+    keys = [data.metric, *(c for c in data.runs.columns if c.startswith("loss/"))]
+    return metric_history(data.runs["run_id"], keys, resolve_tracking_uri(opts.tracking_uri))
 
 
 def write_metrics(out: Path, entries: dict[str, Any]) -> Path:
@@ -196,36 +206,146 @@ def write_metrics(out: Path, entries: dict[str, Any]) -> Path:
 def build_reports(studies: Sequence[str] | None, opts: ReportOptions, command: str = "udabench report"
                   ) -> list[Path]:
     """Report each study (all studies in the store when none are named); returns the pages written.
-    Every study is checked before anything is written."""
+    Every study is checked before anything is written. With `opts.jobs` > 1 and more than one study,
+    the studies' folders are written by that many worker processes (`_Workers`)."""
     uri = resolve_tracking_uri(opts.tracking_uri)
     opts.tracking_uri = uri
-    selections: dict[str, Selection] = {}
-    if studies:
-        for arg in studies:
-            if is_study_file(arg):
-                from harness.study.load import load_study
+    jobs = opts.workers(len(studies) if studies else None)
+    with _Workers(jobs, opts.figures) as workers:  # forked before the store is opened
+        selections: dict[str, Selection] = {}
+        if studies:
+            for arg in studies:
+                if is_study_file(arg):
+                    from harness.study.load import load_study
 
-                name = load_study(arg, scale=opts.scale_of(Path(arg).stem) or "cpu").name
-                selections[name] = Selection(name, Path(arg))
-            else:
-                selections[arg] = Selection(arg)
-        names = list(selections)
-        df = load_runs(names, uri)
-        for name, sel in selections.items():
-            if sel.path is not None:
-                runs = df[df["study"] == name] if not df.empty else df
-                scales = [opts.scale_of(name)] if opts.scale_of(name) else (
-                    sorted(runs["tags.scale"].dropna().unique()) if "tags.scale" in runs else [])
-                selections[name] = select(sel.path, scales or ["cpu"])
-    else:
-        df = load_runs(None, uri)
-        names = sorted(df["study"].unique()) if not df.empty else []
-    if not names:
-        raise ReportError(f"no study runs in {uri} (run `udabench study run ...` first)")
-    prepared = [tidy(df[df["study"] == s] if not df.empty else df, s, opts, selections.get(s)) for s in names]
-    pages = []
-    for data in prepared:
-        folder, entry = write_study(data, opts, command)
-        write_metrics(Path(opts.out), {data.name: entry})  # the page and its headline numbers together
-        pages.append(folder / "README.md")
-    return pages
+                    name = load_study(arg, scale=opts.scale_of(Path(arg).stem) or "cpu").name
+                    selections[name] = Selection(name, Path(arg))
+                else:
+                    selections[arg] = Selection(arg)
+            names = list(selections)
+            df = load_runs(names, uri)
+            for name, sel in selections.items():
+                if sel.path is not None:
+                    runs = df[df["study"] == name] if not df.empty else df
+                    scales = [opts.scale_of(name)] if opts.scale_of(name) else (
+                        sorted(runs["tags.scale"].dropna().unique()) if "tags.scale" in runs else [])
+                    selections[name] = select(sel.path, scales or ["cpu"])
+        else:
+            df = load_runs(None, uri)
+            names = sorted(df["study"].unique()) if not df.empty else []
+        if not names:
+            raise ReportError(f"no study runs in {uri} (run `udabench study run ...` first)")
+        prepared = [tidy(df[df["study"] == s] if not df.empty else df, s, opts, selections.get(s))
+                    for s in names]
+        pages = []
+        if workers.pool is None:
+            for data in prepared:
+                folder, entry = write_study(data, opts, command)
+                write_metrics(Path(opts.out), {data.name: entry})  # the page and its headline numbers together
+                pages.append(folder / "README.md")
+            return pages
+        written: dict[str, Path] = {}
+        failed = None
+        for (data, *_), result in workers.run(  # a study starts once its history is read
+                (data, opts, command, curve_history(data, opts) if opts.figures and opts.curves else None)
+                for data in prepared):
+            if isinstance(result, Exception):
+                failed = failed or result
+                continue
+            folder, entry = result
+            write_metrics(Path(opts.out), {data.name: entry})
+            written[data.name] = folder / "README.md"
+    if failed is not None:
+        raise failed
+    return [written[data.name] for data in prepared]
+
+
+_stop = None  # in a worker: the event that says the report is stopping (interrupted, or failed)
+
+
+def _warm(figures: bool, turn, stop) -> None:
+    """A worker's start: import matplotlib and seaborn while the parent reads the runs, one worker at
+    a time (`turn`, a lock), so that the reading keeps a CPU of its own."""
+    global _stop
+    _stop = stop
+    if figures:
+        with turn:
+            from harness.report.figures import _plotting
+
+            _plotting()
+
+
+class _Stopped(Exception):
+    """A study a worker did not start: the report was stopping."""
+
+
+def _write_in_worker(*args) -> tuple[Path, dict[str, Any]]:
+    """`write_study` in a worker, unless the report is stopping; an interrupted study (Ctrl-C reaches
+    the workers too) stops the others, including those already queued to a worker. A study finished
+    while the report stops is not put in place (`write_study` checks before its swap), so every folder
+    written has its headline numbers in metrics.json."""
+    if _stop.is_set():
+        raise _Stopped
+    try:
+        return write_study(*args)
+    except KeyboardInterrupt:
+        _stop.set()
+        raise
+
+
+class _Workers:
+    """Processes that write study folders (`write_study`) side by side: forked when the report starts,
+    before the tracking store is opened (so no database connection or MLflow state is copied into
+    them), importing matplotlib and seaborn in turn while this process reads and checks the runs.
+    A study a worker fails on comes back as its exception; the others are still written. When the
+    report stops early (Ctrl-C, an error here), no worker starts another study."""
+
+    def __init__(self, jobs: int, figures: bool):
+        self.pool = None
+        if jobs > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            context = multiprocessing.get_context("fork")
+            self.stop = context.Event()
+            self.pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_warm,
+                                            initargs=(figures, context.Lock(), self.stop))
+            self.pool.submit(int)  # a fork pool starts all its workers with the first task
+
+    def run(self, calls: Iterable[tuple]) -> Iterator[tuple[tuple, Any]]:
+        """(args, result or exception) of `write_study(*args)` for each of `calls`, each submitted as
+        soon as it is made, as they finish. A study whose worker died (killed, out of memory; or a
+        worker that could not start) is written in this process instead."""
+        from concurrent.futures import as_completed
+        from concurrent.futures.process import BrokenProcessPool
+
+        futures, orphans = {}, []
+        for args in calls:
+            try:
+                futures[self.pool.submit(_write_in_worker, *args)] = args
+            except BrokenProcessPool:
+                orphans.append(args)
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                orphans.append(futures[future])
+                continue
+            except Exception as e:  # noqa: BLE001 - handed back to build_reports, raised after the others
+                result = e
+            yield futures[future], result
+        for args in orphans:
+            try:
+                result = write_study(*args)
+            except Exception as e:  # noqa: BLE001
+                result = e
+            yield args, result
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        if self.pool is not None:
+            if kind is not None:
+                self.stop.set()
+            self.pool.shutdown(wait=True, cancel_futures=True)

@@ -54,11 +54,41 @@ class ReportOptions:
     scale: str | None = None        # keep only runs tagged with this scale ...
     study_scales: dict[str, str] = field(default_factory=dict)  # ... or this one for a study
     figures: bool = True
-    curves: bool = True             # training curves need the metric history (one query per metric)
+    curves: bool = True             # training curves need the metric history (one more read)
     max_curve_groups: int = 16      # training-curve figures show at most this many groups
+    jobs: int = 1                   # processes writing study folders side by side; 0: one per idle CPU
 
     def scale_of(self, study: str) -> str | None:
         return self.study_scales.get(study, self.scale)
+
+    def workers(self, studies: int | None = None) -> int:
+        """How many processes write the study folders: `jobs`, or with 0 the CPUs this process may use
+        that other work leaves idle now (`busy_cpus`; at least 1): side by side the studies finish
+        sooner on idle CPUs, while on busy ones each worker also pays for its own imports and runs
+        slower. At most one per study (`studies`, when known)."""
+        n = self.jobs
+        if not n:
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            n = cpus - busy_cpus()
+        n = max(1, n)
+        return min(n, studies or n)
+
+
+def busy_cpus() -> int:
+    """CPUs other processes keep busy now: on Linux the runnable threads besides this one (the median
+    of a few readings of /proc/loadavg over 20 ms), elsewhere the 1-minute load average. (The load
+    average lags by minutes: right after other work ends, or a report before, it still counts it.)"""
+    import time
+
+    try:
+        readings = []
+        for _ in range(5):
+            with open("/proc/loadavg") as f:
+                readings.append(int(f.read().split()[3].split("/")[0]) - 1)
+            time.sleep(0.004)
+        return max(0, sorted(readings)[2])
+    except (OSError, ValueError, IndexError):
+        return round(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
 
 
 @dataclass
@@ -111,7 +141,10 @@ def _check_store(uri: str) -> None:
 
 
 def load_runs(studies: Sequence[str] | None, tracking_uri: str) -> pd.DataFrame:
-    """All runs (any status) of the given studies, or of every experiment holding study runs."""
+    """All runs (any status) of the given studies, or of every experiment holding study runs: the frame
+    of `mlflow.search_runs` (one row per active run, newest first; columns `metrics.*`, `params.*`,
+    `tags.*`), read with plain queries on MLflow's SQL store (`_search_runs_sql`), through
+    `mlflow.search_runs` from any other store. Columns are sorted by name within each kind."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -132,14 +165,19 @@ def load_runs(studies: Sequence[str] | None, tracking_uri: str) -> pd.DataFrame:
         ids = list(experiments.values())
     if not ids:
         return pd.DataFrame()
-    saved = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri sets it for the whole process
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        df = mlflow.search_runs(experiment_ids=ids, output_format="pandas")
-    finally:
-        mlflow.set_tracking_uri(saved)  # None unsets: a later study run in this process uses its own store
+    store = _sql_store(client)
+    if store is not None:
+        df = _search_runs_sql(store, ids)
+    else:
+        saved = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri sets it for the whole process
+        mlflow.set_tracking_uri(tracking_uri)
+        try:
+            df = mlflow.search_runs(experiment_ids=ids, output_format="pandas")
+        finally:
+            mlflow.set_tracking_uri(saved)  # None unsets: a later study run in this process uses its own store
     if df.empty:
         return df
+    df = _sorted_columns(df)
     names = {v: k for k, v in experiments.items()}
     df["study"] = df["experiment_id"].map(names)
     if not studies:  # keep the runs of studies (tag `study`), not stray runs in other experiments
@@ -147,22 +185,98 @@ def load_runs(studies: Sequence[str] | None, tracking_uri: str) -> pd.DataFrame:
     return df
 
 
+_KINDS = ("metrics.", "params.", "tags.")
+
+
+def _sorted_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """The run columns, then `metrics.*`, `params.*` and `tags.*`, each sorted by name.
+    `mlflow.search_runs` orders them by iterating sets of keys, i.e. by Python's string hash, which
+    changes from process to process (PYTHONHASHSEED): the loss columns of trials.csv and the facets
+    of the loss curves followed it."""
+    first = [c for c in df.columns if not c.startswith(_KINDS)]
+    return df[first + [c for kind in _KINDS for c in sorted(c for c in df.columns if c.startswith(kind))]]
+
+
+def _sql_store(client):
+    """The client's store when it is MLflow's own SQL store (sqlite, PostgreSQL, MySQL), else None (a
+    tracking server, a file store, a subclass with its own rules such as workspaces)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    return store if type(store) is SqlAlchemyStore else None
+
+
+def _search_runs_sql(store, experiment_ids: Sequence[str]) -> pd.DataFrame:
+    """The frame `mlflow.search_runs(experiment_ids)` returns, read with four read-only queries
+    through MLflow's SQL store (its session and table models): the active runs in search_runs' order
+    (start time descending, then run id), then their latest metrics, params and tags as plain rows.
+    search_runs loads the same rows as one ORM object each (about 125,000 for 1,000 runs) and spends
+    most of its time building them; the values, dtypes and row order here are the same (a NaN metric
+    is NaN, a missing one NaN, a missing param or tag None), and so is the frame's construction."""
+    from mlflow.entities import LifecycleStage
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlRun, SqlTag
+    from sqlalchemy import select
+
+    where = (SqlRun.experiment_id.in_([int(i) for i in experiment_ids]),
+             SqlRun.lifecycle_stage == LifecycleStage.ACTIVE)
+    with store.ManagedSessionMaker() as session:
+        runs = session.execute(
+            select(SqlRun.run_uuid, SqlRun.experiment_id, SqlRun.status, SqlRun.artifact_uri,
+                   SqlRun.start_time, SqlRun.end_time)
+            .where(*where).order_by(SqlRun.start_time.desc(), SqlRun.run_uuid)).all()
+
+        def values(model, *cols):
+            return session.execute(select(model.run_uuid, model.key, *cols)
+                                   .join(SqlRun, SqlRun.run_uuid == model.run_uuid).where(*where)).all()
+
+        metrics = values(SqlLatestMetric, SqlLatestMetric.value, SqlLatestMetric.is_nan)
+        params = values(SqlParam, SqlParam.value)
+        tags = values(SqlTag, SqlTag.value)
+    row = {r[0]: i for i, r in enumerate(runs)}
+
+    def columns(prefix: str, items, null) -> dict[str, list]:
+        out: dict[str, list] = {}
+        for run_id, key, value in items:
+            out.setdefault(prefix + key, [null] * len(runs))[row[run_id]] = value
+        return {k: out[k] for k in sorted(out)}
+
+    data: dict[str, list] = {
+        "run_id": [r[0] for r in runs], "experiment_id": [str(r[1]) for r in runs],
+        "status": [r[2] for r in runs], "artifact_uri": [r[3] for r in runs],
+        "start_time": [pd.to_datetime(r[4], unit="ms", utc=True) for r in runs],
+        "end_time": [pd.to_datetime(r[5], unit="ms", utc=True) for r in runs]}
+    data.update(columns("metrics.", ((r, k, float("nan") if nan else v) for r, k, v, nan in metrics), np.nan))
+    data.update(columns("params.", params, None))
+    data.update(columns("tags.", tags, None))
+    return pd.DataFrame(data)
+
+
 def metric_history(run_ids: Sequence[str], keys: Iterable[str], tracking_uri: str) -> pd.DataFrame:
-    """Metric history (run_id, key, step, value) of many runs: one query per key on a SQL store,
-    `MlflowClient.get_metric_history` per run and key elsewhere (e.g. an MLflow server)."""
+    """Metric history (run_id, key, step, value) of many runs, key by key, each run's values in
+    MLflow's order (timestamp, step, value): plain read-only queries on MLflow's SQL store (500 runs
+    a query), `MlflowClient.get_metric_history` per run and key elsewhere (e.g. an MLflow server)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    store = _sql_store(client)
     rows: list[tuple[str, str, int, float]] = []
-    run_ids = list(run_ids)
-    for key in keys:
-        if hasattr(store, "get_metric_history_bulk"):
+    run_ids, keys = list(run_ids), list(keys)
+    if store is not None:
+        from mlflow.store.tracking.dbmodels.models import SqlMetric
+        from sqlalchemy import select
+
+        found: dict[str, list] = {k: [] for k in keys}
+        with store.ManagedSessionMaker() as session:
             for i in range(0, len(run_ids), 500):
-                chunk = run_ids[i:i + 500]
-                for m in store.get_metric_history_bulk(chunk, key, max_results=10_000_000):
-                    rows.append((m.run_id, key, m.step, m.value))
-        else:
+                for rid, key, step, value, nan in session.execute(
+                        select(SqlMetric.run_uuid, SqlMetric.key, SqlMetric.step, SqlMetric.value, SqlMetric.is_nan)
+                        .where(SqlMetric.key.in_(keys), SqlMetric.run_uuid.in_(run_ids[i:i + 500]))
+                        .order_by(SqlMetric.key, SqlMetric.run_uuid, SqlMetric.timestamp, SqlMetric.step,
+                                  SqlMetric.value)):
+                    found[key].append((rid, key, step, float("nan") if nan else value))
+        rows = [r for k in keys for r in found[k]]
+    else:
+        for key in keys:
             for rid in run_ids:
                 rows.extend((rid, key, m.step, m.value) for m in client.get_metric_history(rid, key))
     return pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])

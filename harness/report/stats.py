@@ -60,14 +60,16 @@ def paired_gains(data: StudyData, metrics: Sequence[str]) -> pd.DataFrame:
 
 
 def _paired(a: pd.DataFrame, b: pd.DataFrame, metrics: list[str]) -> dict[str, Any]:
-    """a - b over their common seeds (rows = seeds): mean, std, n and a 95% t-interval per metric."""
-    from scipy import stats
+    """a - b over their common seeds (rows = seeds): mean, std, n and a 95% t-interval per metric.
+    The t quantile is `scipy.special.stdtrit`, which `scipy.stats.t.ppf` calls (the same numbers;
+    importing scipy.stats costs 0.7 s)."""
+    from scipy.special import stdtrit
 
     common = a.index.intersection(b.index)
     diff = a.loc[common] - b.loc[common]
     n = diff.count()
     mean, sd = diff.mean(), diff.std(ddof=1)
-    half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sd / np.sqrt(n)
+    half = stdtrit(np.maximum(n - 1, 1).to_numpy(), 0.975) * sd / np.sqrt(n)
     half[n < 2] = np.nan
     rec: dict[str, Any] = dict(pairs=len(common), common_seeds=",".join(map(str, common)),
                                seeds_only_aux=",".join(map(str, a.index.difference(b.index))),
