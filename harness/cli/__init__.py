@@ -51,6 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_recipe_warnings() -> None:
+    """A RecipeWarning (a config that runs but contradicts its recipe) as `udabench: warning: ...`,
+    without the source line Python's warnings print; other warnings as Python prints them."""
+    import warnings
+
+    default = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        if category.__name__ == "RecipeWarning":
+            return f"udabench: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     offline()
     parser = build_parser()
@@ -59,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.data.io import DataError
     from harness.registry import UnknownNameError
 
+    _one_line_recipe_warnings()
     try:
         return int(args.func(args) or 0)
     except (UsageError, ConfigError, DataError, UnknownNameError, FileNotFoundError) as e:

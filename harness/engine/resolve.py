@@ -65,6 +65,22 @@ def check_names(cfg: RunConfig, source: str) -> None:
                     e, f"{source}: method.aux.{name}.options", options_model)) from None
 
 
+class RecipeWarning(UserWarning):
+    """A config that runs but contradicts the recipe it borrows from (see `recipe_warnings`)."""
+
+
+def recipe_warnings(cfg: RunConfig) -> list[str]:
+    """What in `cfg` runs but is likely not what the user meant, one sentence each (the engine warns
+    with them at start-up; a study's check before Ray starts prints them once)."""
+    out = []
+    if cfg.method.fd.weight > 0 and cfg.model.pretrained is None:
+        out.append(
+            f"method.fd.weight is {cfg.method.fd.weight:g} but model.pretrained is null: the ImageNet feature "
+            "distance pulls the encoder back towards its random initialisation, not towards ImageNet features; "
+            "set model.pretrained to a weights file (`udabench weights list`) or method.fd.weight=0")
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 extra: dict[str, Any] | None = None) -> RunConfig:
     """Load a run config file (or the defaults), merge `extra` (e.g. a scale preset), apply overrides."""

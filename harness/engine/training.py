@@ -17,6 +17,7 @@ import random
 import resource
 import sys
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from torch import nn
 
 from harness.config import RunConfig, save_config, without_later_defaults
 from harness.engine import checkpoint as ckpt
+from harness.engine.resolve import RecipeWarning, recipe_warnings
 from harness.errors import UsageError
 from harness.labels import CLASSES, NUM_CLASSES
 
@@ -224,6 +226,8 @@ class Trainer:
         seed_everything(cfg.seed)
         self.out = Path(cfg.output).resolve()
 
+        for message in recipe_warnings(cfg):
+            warnings.warn(message, RecipeWarning, stacklevel=2)
         m = cfg.model
         self.model = create_segmentor(m.arch, backbone=m.backbone, num_classes=NUM_CLASSES,
                                       pretrained=m.pretrained, **m.options).to(self.device)
