@@ -12,10 +12,16 @@ Definitions (identical to the official Cityscapes evaluation and mmseg):
 - mIoU = mean of the non-NaN IoUs over the 19 classes; mIoU16 / mIoU13 the same over
   `harness.labels.SYNTHIA16` / `SYNTHIA13`; pixel accuracy = sum(TP) / number of non-ignored pixels.
 - All values are fractions in [0, 1] (the training engine reports them x100).
+
+Batches: `val_loader` stacks consecutive images of the same size (a batch of mixed sizes becomes a list
+of same-size batches), so more than one image per forward pass works with any dataset and with
+sliding-window inference. On CUDA the training engine evaluates 4 images per forward in the training's
+autocast dtype (`harness.engine.runtime`); on the CPU one image per forward in fp32, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -144,15 +150,45 @@ def inference(model: nn.Module, x: torch.Tensor, mode: str = "whole", crop: Any 
     raise ValueError(f"inference mode {mode!r}: expected 'whole' or 'slide'")
 
 
-def evaluate(model: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device | str,
+def collate_by_size(items: list[dict[str, Any]]) -> dict[str, Any] | list[dict[str, Any]]:
+    """One batch of dataset items: stacked when every image (and label) has the same size, else a list of
+    stacked batches, one per run of consecutive same-size items (the order kept)."""
+    from torch.utils.data import default_collate
+
+    groups: list[list[dict[str, Any]]] = []
+    for item in items:
+        if not groups or (item["image"].shape, item["label"].shape) != (groups[-1][0]["image"].shape,
+                                                                         groups[-1][0]["label"].shape):
+            groups.append([])
+        groups[-1].append(item)
+    batches = [default_collate(g) for g in groups]
+    return batches[0] if len(batches) == 1 else batches
+
+
+def val_loader(dataset, batch_size: int = 1, workers: int = 0,
+               pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """The validation set in order, `batch_size` items per batch (`collate_by_size`)."""
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                       collate_fn=collate_by_size, pin_memory=pin_memory)
+
+
+def evaluate(model: nn.Module, loader: Iterable[dict[str, Any] | list[dict[str, Any]]], device: torch.device | str,
              mode: str = "whole", crop: Any = None, stride: Any = None,
              mean: Sequence[float] = MEAN, std: Sequence[float] = STD, max_images: int | None = None,
-             num_classes: int = NUM_CLASSES) -> dict[str, Any]:
+             num_classes: int = NUM_CLASSES, autocast_dtype: torch.dtype | None = None) -> dict[str, Any]:
     """Evaluate `model` on the dataset items of `loader` ({"image": uint8 [B]x3xHxW, "label": int64
-    [B]xHxW}); images are normalised on the device with `mean`/`std` (0-255 units). Logits are resized
-    to the label's size if they differ. Returns `ConfusionMatrix.compute()` plus `num_images`; the model
-    is evaluated in eval mode and put back in its previous mode."""
+    [B]xHxW}, or a list of such batches: `collate_by_size`); images are normalised on the device with
+    `mean`/`std` (0-255 units). `autocast_dtype`: the forward passes run in autocast (bf16/fp16), the
+    logits are scored in fp32. Logits are resized to the label's size if they differ. Returns
+    `ConfusionMatrix.compute()` plus `num_images`; the model is evaluated in eval mode and put back in its
+    previous mode."""
     device = torch.device(device)
+
+    def amp() -> contextlib.AbstractContextManager:
+        if autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=autocast_dtype)
+
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std_t = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     cm = ConfusionMatrix(num_classes, device=device)
@@ -161,19 +197,24 @@ def evaluate(model: nn.Module, loader: Iterable[dict[str, Any]], device: torch.d
     model.eval()
     try:
         with torch.no_grad():  # not inference_mode: a model may cache tensors it later trains with
-            for batch in loader:
-                images, labels = batch["image"], batch["label"]
-                if images.dim() == 3:
-                    images, labels = images.unsqueeze(0), labels.unsqueeze(0)
-                if max_images is not None:
-                    images, labels = images[: max_images - seen], labels[: max_images - seen]
-                x = (images.to(device, non_blocking=True).float() - mean_t) / std_t
-                logits = inference(model, x, mode, crop, stride)
-                labels = labels.to(device, non_blocking=True)
-                if logits.shape[-2:] != labels.shape[-2:]:
-                    logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-                cm.update(logits.argmax(1), labels)
-                seen += images.shape[0]
+            for item in loader:
+                for batch in item if isinstance(item, list) else [item]:
+                    images, labels = batch["image"], batch["label"]
+                    if images.dim() == 3:
+                        images, labels = images.unsqueeze(0), labels.unsqueeze(0)
+                    if max_images is not None:
+                        images, labels = images[: max_images - seen], labels[: max_images - seen]
+                    x = (images.to(device, non_blocking=True).float() - mean_t) / std_t
+                    with amp():
+                        logits = inference(model, x, mode, crop, stride)
+                    logits = logits.float()
+                    labels = labels.to(device, non_blocking=True)
+                    if logits.shape[-2:] != labels.shape[-2:]:
+                        logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+                    cm.update(logits.argmax(1), labels)
+                    seen += images.shape[0]
+                    if max_images is not None and seen >= max_images:
+                        break
                 if max_images is not None and seen >= max_images:
                     break
     finally:
