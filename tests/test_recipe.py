@@ -5,6 +5,9 @@ the small scales keeping their behaviour (values, config hashes)."""
 from __future__ import annotations
 
 import copy
+import csv
+import dataclasses
+import io
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from harness.env import offline
 
 offline()
 
+from harness import official  # noqa: E402
 from harness.config import (  # noqa: E402
     FD_THING_CLASSES,
     LATER_FIELDS,
@@ -32,6 +36,7 @@ from harness.engine.evaluation import evaluate  # noqa: E402
 from harness.engine.resolve import load_config  # noqa: E402
 from harness.engine.training import SampleStream, build_optimizer  # noqa: E402
 from harness.labels import IGNORE_INDEX  # noqa: E402
+from harness.report import recipe  # noqa: E402
 from harness.scales import SCALES, scale_overlay  # noqa: E402
 from methods.base import StepContext  # noqa: E402
 from methods.dacs import DACS, class_mix_masks, feature_distance, set_teacher_mode  # noqa: E402
@@ -42,52 +47,27 @@ MIT = ("daformer", "segformer")
 ALL = ("deeplabv2", "daformer", "segformer")
 
 # --------------------------------------------------------------------------------------------------
-# the official values: option -> value -> the official file it comes from (lhoyer/DAFormer unless said)
+# the official values live in harness/official.py (each with its official file); the parity table
+# (harness/report/recipe.py, `udabench recipe`, reports/recipe_parity.md) puts udabench's beside them
 
-_DATA = "configs/_base_/datasets/uda_gta_to_cityscapes_512x512.py"
-OFFICIAL = [
-    # (config path, architectures, official value, official file)
-    ("data.source.resize", ALL, [1280, 720], _DATA + " (gta_train_pipeline Resize img_scale)"),
-    ("data.source.keep_ratio", ALL, True, _DATA + " (mmseg Resize keep_ratio=True by default)"),
-    ("data.target.keep_ratio", ALL, True, _DATA + " (cityscapes_train_pipeline Resize)"),
-    ("data.val.keep_ratio", ALL, True, _DATA + " (test_pipeline Resize keep_ratio=True)"),
-    ("data.source_cat_max_ratio", ALL, 0.75, _DATA + " (RandomCrop cat_max_ratio=0.75)"),
-    ("data.rcs_min_crop_ratio", ALL, 0.5, "experiments.py setup_rcs; mmseg/datasets/uda_dataset.py"),
-    ("data.rcs_min_pixels", ALL, 3000, "experiments.py setup_rcs (min_pixels=3000)"),
-    ("data.rcs_temperature", ALL, 0.01, "experiments.py (rcs_T = 0.01)"),
-    ("method.teacher_bn", ALL, "batch",
-     "mmseg/models/uda/dacs.py (EMA model in train mode, only _DropoutNd/DropPath off; _update_ema: parameters)"),
-    ("method.source_ce_mean", ALL, "all",
-     "mmseg/models/losses/cross_entropy_loss.py (reduction='none', then weight_reduce_loss mean)"),
-    ("method.classmix_classes", ALL, "batch", "mmseg/models/utils/dacs_transforms.py get_class_masks"),
-    ("eval.full_resolution_labels", ALL, True,
-     "mmseg/models/segmentors/encoder_decoder.py whole_inference(rescale=True); mmseg/datasets/custom.py"),
-    ("method.fd.weight", MIT, 0.005, "configs/_base_/uda/dacs_a999_fdthings.py imnet_feature_dist_lambda"),
-    ("method.fd.classes", MIT, list(FD_THING_CLASSES), "configs/_base_/uda/dacs_a999_fdthings.py"),
-    ("method.fd.min_ratio", MIT, 0.75, "configs/_base_/uda/dacs_a999_fdthings.py scale_min_ratio"),
-    ("method.pseudo_weight_ignore_top", MIT, 15, "experiments.py plcrop; mmseg/models/uda/dacs.py"),
-    ("method.pseudo_weight_ignore_bottom", MIT, 120, "experiments.py plcrop; mmseg/models/uda/dacs.py"),
-    ("model.options.encoder_options.drop_path_rate", MIT, 0.1,
-     "mmseg/models/backbones/mix_transformer.py (MixVisionTransformer drop_path_rate=0.1)"),
-    ("optim.encoder_norm_decay_mult", MIT, 0.0, "experiments.py ('mit' in backbone: custom_keys norm decay_mult=0)"),
-    # DeepLab-v2 is DAFormer's DACS re-run (experiments.py id 1, uda 'dacs'): no FD, no pseudo-label crop,
-    # and the norm rule applies to MiT only
-    ("method.fd.weight", ("deeplabv2",), 0.0, "experiments.py id 1 ('dlv2red', 'r101v1c') with uda 'dacs'"),
-    ("method.pseudo_weight_ignore_top", ("deeplabv2",), 0, "experiments.py id 1 (plcrop = False)"),
-    ("method.pseudo_weight_ignore_bottom", ("deeplabv2",), 0, "experiments.py id 1 (plcrop = False)"),
-    ("optim.encoder_norm_decay_mult", ("deeplabv2",), 1.0, "experiments.py (the norm rule is 'mit' only)"),
-]
-OFFICIAL_SYNTHIA = [
-    ("data.source.name", "synthia", "configs/_base_/datasets/uda_synthia_to_cityscapes_512x512.py"),
-    ("data.source.resize", [1280, 760], "configs/_base_/datasets/uda_synthia_to_cityscapes_512x512.py"),
-    ("data.source.keep_ratio", True, "configs/_base_/datasets/uda_synthia_to_cityscapes_512x512.py"),
-    ("eval.protocol", "16", "DAFormer README / paper: SYNTHIA results over 16 classes"),
-]
+# the run configs' own host per architecture (DAFormer's recipe on MiT, with either head)
+_HOST_OF = {"deeplabv2": official.DLV2, "daformer": official.DAFORMER, "segformer": official.DAFORMER}
+# what the architecture itself decides (its head), not the host recipe
+_ARCH_ROWS = ("model.arch", "model.options.embed_dim", "model.options.fusion_dilations", "model.options.dropout")
+
+
+def official_rows(arch: str, scale: str = "paper") -> list:
+    """The official rows of `arch`'s host that a run config at `scale` must match (no named difference)."""
+    return [r for r in official.rows_for(_HOST_OF[arch], scale)
+            if r.path and not r.differs and not r.path.startswith(("study.", *_ARCH_ROWS))]
+
+
+def _config_of(arch: str) -> Path:
+    return CONFIGS / ("deeplabv2.yaml" if arch == "deeplabv2" else "daformer.yaml")
 
 
 def resolved(scale: str, arch: str) -> dict:
-    config = CONFIGS / ("deeplabv2.yaml" if arch == "deeplabv2" else "daformer.yaml")
-    return load_config(config, [f"model.arch={arch}"], extra=scale_overlay(scale, arch)).to_dict()
+    return load_config(_config_of(arch), [f"model.arch={arch}"], extra=scale_overlay(scale, arch)).to_dict()
 
 
 def at(d: dict, path: str):
@@ -98,18 +78,22 @@ def at(d: dict, path: str):
 
 @pytest.mark.parametrize("arch", ALL)
 def test_paper_scale_values_are_the_official_ones(arch):
-    cfg = resolved("paper", arch)
-    drift = [f"{path}: {at(cfg, path)!r}, official {value!r} ({source})"
-             for path, archs, value, source in OFFICIAL if arch in archs and at(cfg, path) != value]
-    assert not drift, "\n".join(drift)
+    """The run configs (not only the study trials the parity table resolves) at paper scale."""
+    cfg = recipe.effective(load_config(_config_of(arch), [f"model.arch={arch}"],
+                                       extra=scale_overlay("paper", arch)), [])
+    rows = official_rows(arch)
+    drift = [f"{r.path}: {recipe.lookup(cfg, r.path)!r}, official {r.value!r} ({r.source})"
+             for r in rows if recipe.status_of(r, recipe.lookup(cfg, r.path)) != "same"]
+    assert len(rows) > 40 and not drift, "\n".join(drift)
 
 
 @pytest.mark.parametrize("arch", ALL)
 def test_paper_synthia_is_paper_with_the_synthia_source(arch):
     paper, synthia = resolved("paper", arch), resolved("paper-synthia", arch)
-    drift = [f"{path}: {at(synthia, path)!r}, official {value!r} ({source})"
-             for path, value, source in OFFICIAL_SYNTHIA if at(synthia, path) != value]
-    assert not drift, "\n".join(drift)
+    rows = [r for r in official.RECIPE if r.scale == "paper-synthia"]
+    drift = [f"{r.path}: {at(synthia, r.path)!r}, official {r.value!r} ({r.source})"
+             for r in rows if at(synthia, r.path) != r.value]
+    assert len(rows) == 3 and not drift, "\n".join(drift)
     paper["data"]["source"].update(name="synthia", root="datasets/synthia", resize=[1280, 760])
     paper["eval"]["protocol"] = "16"
     assert synthia == paper  # nothing else differs: the recipe and the weights are the paper scale's
@@ -125,6 +109,41 @@ def test_small_scales_keep_the_behaviour_before_the_recipe(scale, arch):
     assert "encoder_options" not in cfg["model"]["options"]
 
 
+# `contrastive` at paper scale is SePiCo's ProtoCL (BIT-DA/SePiCo; experiments.py id 6), merged only into a
+# run that enables the task: (option of method.aux.contrastive.options, official value, official file), read
+# from the one table of official values (harness/official.py)
+OFFICIAL_CONTRASTIVE = [(r.path.rsplit(".", 1)[1], r.value, r.source) for r in official.rows_for(official.SEPICO)
+                        if r.path and r.path.startswith("method.aux.contrastive.options.")]
+
+
+@pytest.mark.parametrize("scale", ["paper", "paper-synthia"])
+@pytest.mark.parametrize("arch", ALL)
+def test_paper_contrastive_is_sepico_protocl(scale, arch):
+    from methods.contrastive import Contrastive
+
+    config = CONFIGS / ("deeplabv2.yaml" if arch == "deeplabv2" else "daformer.yaml")
+    cfg = load_config(config, [f"model.arch={arch}", "method.aux.contrastive.weight=1"],
+                      extra=scale_overlay(scale, arch, aux=["contrastive"]))
+    aux = cfg.method.aux["contrastive"]
+    opts = Contrastive.Options.model_validate(aux.options)
+    drift = [f"{key}: {getattr(opts, key)!r}, official {value!r} ({source})"
+             for key, value, source in OFFICIAL_CONTRASTIVE if getattr(opts, key) != value]
+    assert not drift, "\n".join(drift)
+    # loss weight 1 (experiments.py contrastive_weight = 1.0); the engine's start stays 0, so the
+    # prototypes are updated from iteration 0 (sepico.py); head lr x10 (experiments.py pmult, 'head')
+    assert (aux.weight, aux.start_iter, aux.lr_mult) == (1.0, 0, 10.0)
+
+
+@pytest.mark.parametrize("scale", ["smoke", "demo", "cpu", "paper"])
+def test_a_scale_never_enables_an_auxiliary_task(scale):
+    for arch in ALL:
+        assert "aux" not in scale_overlay(scale, arch).get("method", {})
+        assert "contrastive" not in scale_overlay(scale, arch, aux=["mfm"]).get("method", {}).get("aux", {})
+    small = load_config(CONFIGS / "daformer.yaml", ["method.aux.contrastive.weight=1"],
+                        extra=scale_overlay(scale, "daformer", aux=["contrastive"]))
+    assert (small.method.aux["contrastive"].options == {}) == (scale != "paper")  # small: the task's defaults
+
+
 def test_config_hashes_of_the_small_scales_did_not_change():
     """The hashes udabench gave these configs before the recipe options existed (MLflow runs, reports
     and `study resume` find runs by them). A new field with a neutral default belongs in LATER_FIELDS."""
@@ -137,6 +156,91 @@ def test_config_hashes_of_the_small_scales_did_not_change():
     paper = load_config(CONFIGS / "daformer.yaml", extra=scale_overlay("paper", "daformer"))
     assert paper.hash() != load_config(CONFIGS / "daformer.yaml", extra=scale_overlay("paper", "daformer"),
                                        overrides=["method.teacher_bn=running"]).hash()
+
+
+# --------------------------------------------------------------------------------------------------
+# the recipe parity table (harness/report/recipe.py): the published hosts as their study trials resolve
+
+
+@pytest.fixture
+def fresh_parity(monkeypatch):
+    """The parity module with an empty study cache (a monkeypatched scale must be re-resolved)."""
+    monkeypatch.setattr(recipe, "_STUDIES", {})
+    return recipe
+
+
+@pytest.mark.parametrize(("host", "scale"), recipe.host_scales())
+def test_published_host_at_paper_scale_has_the_official_recipe(host, scale):
+    rows = recipe.parity(host, scale, small=False)
+    assert len(rows) > 40
+    drift = [f"{r.what} ({r.path}): udabench {recipe.fmt(r.udabench)}, official {recipe.fmt(r.official)} "
+             f"({r.source})" for r in recipe.drift(rows)]
+    assert not drift, f"{host} at --scale {scale} drifted from the official recipe (name the difference " \
+                      "in harness/official.py if it is meant):\n" + "\n".join(drift)
+
+
+@pytest.mark.parametrize(("host", "scale"), recipe.host_scales())
+def test_every_recipe_field_of_a_host_has_an_official_row(host, scale):
+    missing = recipe.uncovered(host, scale)
+    assert not missing, f"fields of {host}'s resolved config without a row in harness/official.py RECIPE " \
+                        f"(or a reason in NOT_RECIPE): {missing}"
+
+
+def test_a_drifted_paper_default_fails_and_a_named_difference_does_not(fresh_parity, monkeypatch):
+    before = {r.path: r for r in fresh_parity.parity("daformer", small=False)}
+    assert before["method.teacher_bn"].status == "same" and before["amp"].status == "differs"
+    # a paper-scale default drifts: the table shows the new value, and the row is a DRIFT
+    monkeypatch.setitem(SCALES["paper"]["overlay"]["method"], "teacher_bn", "running")
+    monkeypatch.setitem(SCALES["paper"]["arch_overlay"]["daformer"]["method"]["fd"], "weight", 0.01)
+    after = {r.path: r for r in fresh_parity.parity("daformer", small=False)}
+    assert {r.path for r in fresh_parity.drift(list(after.values()))} == {"method.teacher_bn", "method.fd.weight"}
+    assert (after["method.teacher_bn"].udabench, after["method.fd.weight"].udabench) == ("running", 0.01)
+    assert "| `running` | `batch` | DRIFT |" in fresh_parity.markdown([("daformer", "paper")])
+    # the named difference stops being one when its reason is removed
+    amp = next(i for i, r in enumerate(official.RECIPE) if r.path == "amp" and "daformer" in r.hosts)
+    rows = list(official.RECIPE)
+    rows[amp] = dataclasses.replace(rows[amp], differs="")
+    monkeypatch.setattr(official, "RECIPE", rows)
+    assert {r.path for r in fresh_parity.drift(fresh_parity.parity("daformer", small=False))} >= {"amp"}
+
+
+def test_the_small_scale_column_is_the_same_trial_at_cpu(fresh_parity, monkeypatch):
+    monkeypatch.setitem(SCALES["cpu"]["overlay"]["method"], "ema_alpha", 0.98)
+    rows = {r.path: r for r in fresh_parity.parity("dacs-deeplabv2")}
+    assert rows["method.ema_alpha"].small["cpu"] == 0.98 and rows["method.ema_alpha"].udabench == 0.99
+    assert rows["method.ema_alpha"].small["smoke"] == 0.99  # smoke has no short-schedule overlay
+    assert rows["schedule.iterations"].small == {"cpu": 2000, "demo": 300, "smoke": 4}
+    assert recipe._small_cell(rows["method.ema_alpha"]) == "0.98; demo 0.99, smoke 0.99"
+
+
+def test_probes_read_the_code():
+    head = nn.Sequential(nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout2d(0.1), nn.Conv2d(4, 2, 1))
+    assert recipe._layers(head) == "conv-BN-ReLU-conv"
+    assert recipe.lookup({"method": {"aux": {}}}, "probe:contrastive_head") is recipe.UNSET
+    assert recipe.lookup({"a": {"b": 1}}, "a.c") is recipe.UNSET and recipe.lookup({}, None) is recipe.NO_OPTION
+
+
+def test_the_committed_parity_report_is_what_the_code_generates():
+    committed = (REPO / "reports" / "recipe_parity.md").read_text()
+    assert committed == recipe.markdown(recipe.host_scales()) + "\n", \
+        "reports/recipe_parity.md is stale: regenerate it with `udabench recipe > reports/recipe_parity.md`"
+
+
+def test_recipe_command_prints_the_table_and_refuses_unknown_hosts(capsys):
+    from harness.cli import main
+
+    assert main(["recipe", "--host", "mic-daformer"]) == 0
+    out = capsys.readouterr().out
+    assert out == recipe.markdown([("mic-daformer", "paper")]) + "\n" and "## MIC(DAFormer)" in out
+    assert main(["recipe", "--host", "daformer", "--scale", "paper-synthia", "--format", "csv"]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert {r["scale"] for r in table} == {"paper-synthia"} and len(table) == len(recipe.parity("daformer", "paper-synthia"))
+    assert next(r for r in table if r["option"] == "eval.protocol")["udabench"] == "16"
+    assert main(["recipe", "--host", "daformr"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown host (did you mean 'daformer'?)" in err and "valid: " + ", ".join(official.HOSTS) in err
+    assert main(["recipe", "--host", "mic-daformer", "--scale", "paper-synthia"]) == 2
+    assert "mic-daformer: paper" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------
