@@ -1,5 +1,6 @@
 """Helpers the auxiliary tasks share: random token/block masks, the pseudo-label cross-entropy,
-the (optionally colour-augmented) target view, and SePiCo's purity-aware label down-sampling.
+the (optionally colour-augmented) target view, the host's mixed image, and SePiCo's purity-aware label
+down-sampling.
 
 Not a task itself (nothing here is registered); `methods/contrastive.py`, `mim.py` and `mfm.py` use it.
 """
@@ -55,6 +56,18 @@ def require_pseudo_labels(ctx: StepContext, task: str) -> tuple[torch.Tensor, to
     return ctx.pseudo_label, weight
 
 
+def require_mixed(ctx: StepContext, task: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The host's augmented mixed image, its mixed label and pixel weight (`ctx.extras`, methods/base.py),
+    or a clear error when the host made none."""
+    missing = [k for k in ("mixed_image", "mixed_label", "mixed_weight") if k not in ctx.extras]
+    if missing:
+        raise RuntimeError(
+            f"auxiliary task '{task}' needs the host's mixed image, label and weight (ctx.extras "
+            f"{', '.join(repr(k) for k in missing)} missing at iteration {ctx.iteration}); use a host that "
+            "mixes, such as 'dacs', or the task's clean-target option")
+    return ctx.extras["mixed_image"], ctx.extras["mixed_label"], ctx.extras["mixed_weight"]
+
+
 def target_view(ctx: StepContext, color_aug: bool) -> torch.Tensor:
     """The target batch the student sees: the host's strong colour/blur augmentation if asked for and
     available, else the clean image."""
@@ -88,3 +101,21 @@ def downscale_label(label: torch.Tensor, size: tuple[int, int], num_classes: int
     purity, out = share.max(dim=1)
     out[(out == num_classes) | (purity < min_purity)] = IGNORE_INDEX
     return out
+
+
+def crop(t: torch.Tensor, box: tuple[int, int, int, int] | None) -> torch.Tensor:
+    """`t[..., y1:y2, x1:x2]` of a crop box (the region a model's logits cover, e.g. HRDA's detail crop;
+    `Segmentor.seg_loss`), or `t` when there is none."""
+    return t if box is None else t[..., box[0]:box[1], box[2]:box[3]]
+
+
+def seg_loss(model: torch.nn.Module, x: torch.Tensor, criterion) -> torch.Tensor:
+    """`model.seg_loss(x, criterion)` (harness.models.base.Segmentor; HRDA adds its detail crop), or
+    `criterion(model(x), None)` for a plain module."""
+    own = getattr(model, "seg_loss", None)
+    return own(x, criterion) if own is not None else criterion(model(x), None)
+
+
+def single_view(model: torch.nn.Module) -> bool:
+    """Whether `model(x)` is `decode(encode(x))` resized (Segmentor.single_view; True for a plain module)."""
+    return getattr(model, "single_view", True)

@@ -7,6 +7,18 @@
   losses; the engine multiplies by the task's lambda (`method.aux.<name>.weight`) and back-propagates.
   It owns its extra trainable parts as submodules; they are trained and checkpointed but never part
   of the evaluated or exported model.
+
+What a self-training host leaves in `ctx.extras` after its step (the `dacs` host; tasks read them instead
+of recomputing):
+- always: `"mixed_image"` (the mixed target image the student saw, after the strong augmentation),
+  `"mixed_label"` (B x H x W) and `"mixed_weight"` (B x H x W, the pixel weights of its loss);
+- only when a task running this step declares it in `AuxTask.reuses` (the engine puts the union into
+  `ctx.reuse`): `"mixed_features"` / `"source_features"`, the student's encoder stage outputs (shallow to
+  deep) of the mixed image / of the source image from the source CE pass, WITH their autograd graph. The
+  host back-propagates its own loss on them with `retain_graph=True`; a task's loss through them gives
+  the gradients a fresh `encode` of the same image would give, without a second encoder pass. The engine
+  back-propagates the task losses keeping the graph (two tasks may share it) and drops these entries
+  after the last task, so no graph outlives the step.
 """
 
 from __future__ import annotations
@@ -42,8 +54,9 @@ class StepContext:
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # host's strong colour/blur aug
     mean: torch.Tensor | None = None     # 1x3x1x1 normalisation, 0-255 units
     std: torch.Tensor | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # host -> tasks; see the module docstring
     stats: dict[str, float] = field(default_factory=dict)  # logged as `stat/<name>` (mean per eval)
+    reuse: frozenset[str] = frozenset()  # encoder passes the tasks of this step reuse (REUSABLE names)
 
 
 class HostMethod(nn.Module):
@@ -62,17 +75,27 @@ class HostMethod(nn.Module):
 
     def step(self, ctx: StepContext, backward: Backward) -> None:
         """Compute the host's losses, call `backward` once per loss (recipe order), and fill
-        `ctx.pseudo_label` / `ctx.pseudo_weight` / `ctx.teacher` for the auxiliary tasks."""
+        `ctx.pseudo_label` / `ctx.pseudo_weight` / `ctx.teacher` (and a self-training host `ctx.extras`,
+        module docstring) for the auxiliary tasks."""
         raise NotImplementedError
 
     def after_optimizer_step(self, iteration: int) -> None:
         """E.g. the EMA teacher update."""
 
 
+# the host's encoder passes a task may reuse (see the module docstring)
+REUSABLE = frozenset({"mixed_features", "source_features"})
+
+
 class AuxTask(nn.Module):
-    """An auxiliary task. Subclasses set `Options` (a pydantic model of their knobs)."""
+    """An auxiliary task. Subclasses set `Options` (a pydantic model of their knobs).
+
+    `reuses`: which of the host's encoder passes (`REUSABLE`) the task reads from `ctx.extras`; a task
+    whose needs depend on its options sets `self.reuses` in `__init__` (the engine reads the instance).
+    """
 
     needs_pseudo_labels: ClassVar[bool] = True
+    reuses: ClassVar[frozenset[str]] = frozenset()
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")

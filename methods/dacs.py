@@ -21,6 +21,12 @@ paper scale (harness/scales.py, README "Paper-scale recipe"):
 - `source_ce_mean: all`: the source CE averaged over all pixels, ignored ones counting 0 (mmseg);
 - `classmix_classes: batch`: ClassMix picks half of the classes of the whole source batch, ignore
   included (DAFormer `get_class_masks`), for each image.
+
+For the auxiliary tasks the step leaves in `ctx.extras` the augmented mixed image with its label and
+pixel weight, and, when a task of the step asks for them (`ctx.reuse`), the student's encoder features of
+the mixed and of the source image with their graph, its own loss back-propagated with `retain_graph`
+(the contract is in methods/base.py). The student's passes are `decode(encode(x))` then the bilinear
+resize, exactly `model(x)`, so the host's losses are the same to the bit with or without reuse.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from harness.labels import IGNORE_INDEX
 from methods import register_host
-from methods._common import downscale_label
+from methods._common import crop, downscale_label, seg_loss, single_view
 from methods.base import Backward, HostMethod, StepContext
 
 
@@ -105,6 +111,15 @@ def feature_distance(student: torch.Tensor, frozen: torch.Tensor, label: torch.T
     return dist[mask].mean()
 
 
+def pixel_ce(logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor | None, mean_all: bool) -> torch.Tensor:
+    """Cross-entropy per pixel (ignore -> 0), times `weight`, averaged over all pixels (`mean_all`, mmseg)
+    or over the labelled ones."""
+    if weight is None and not mean_all:
+        return F.cross_entropy(logits, label, ignore_index=IGNORE_INDEX)
+    ce = F.cross_entropy(logits, label, ignore_index=IGNORE_INDEX, reduction="none")
+    return (ce if weight is None else ce * weight).mean()
+
+
 @register_host("dacs")
 class DACS(HostMethod):
     provides_pseudo_labels = True
@@ -147,9 +162,16 @@ class DACS(HostMethod):
         return weight
 
     def source_loss(self, ctx: StepContext, backward: Backward) -> None:
-        """The supervised source CE, then (with `fd.weight` > 0) the ImageNet feature distance."""
+        """The supervised source CE, then (with `fd.weight` > 0) the ImageNet feature distance; the
+        source features go to `ctx.extras` when a task reuses them."""
         c = self.cfg
-        if c.fd.weight > 0:
+        share = "source_features" in ctx.reuse
+        if not single_view(self.model):  # HRDA: the fused and the detail-crop loss (no FD, no reuse: resolve.py)
+            mean_all = c.source_ce_mean == "all"
+            backward("sup", seg_loss(self.model, ctx.source_image, lambda logits, box: pixel_ce(
+                logits, crop(ctx.source_label, box), None, mean_all)))
+            return
+        if c.fd.weight > 0 or share:
             features = self.model.encode(ctx.source_image)
             logits = self.model.decode(features)
             logits = F.interpolate(logits, size=ctx.source_image.shape[-2:], mode="bilinear", align_corners=False)
@@ -160,15 +182,18 @@ class DACS(HostMethod):
         else:
             loss = F.cross_entropy(logits, ctx.source_label, ignore_index=IGNORE_INDEX)
         del logits
-        if c.fd.weight <= 0:
+        if c.fd.weight <= 0 and not share:
             backward("sup", loss)
             return
         backward("sup", loss, retain_graph=True)
-        with torch.no_grad():
-            frozen = self.imnet.encode(ctx.source_image)[-1]
-        dist = feature_distance(features[-1], frozen, ctx.source_label, c.fd.classes, c.fd.min_ratio,
-                                self.model.num_classes)
-        backward("fd", c.fd.weight * dist)
+        if c.fd.weight > 0:
+            with torch.no_grad():
+                frozen = self.imnet.encode(ctx.source_image)[-1]
+            dist = feature_distance(features[-1], frozen, ctx.source_label, c.fd.classes, c.fd.min_ratio,
+                                    self.model.num_classes)
+            backward("fd", c.fd.weight * dist, retain_graph=share)
+        if share:
+            ctx.extras["source_features"] = features
 
     def augment(self, ctx: StepContext):
         c = self.cfg
@@ -192,9 +217,21 @@ class DACS(HostMethod):
         else:
             image, label, weight = ctx.target_image, ctx.pseudo_label, ctx.pseudo_weight
         image = ctx.augment(image)
-        # 5. student on the mixed image, pixel-weighted CE
-        ce = F.cross_entropy(self.model(image), label, ignore_index=IGNORE_INDEX, reduction="none")
-        backward("uda", (ce * weight).mean())
+        ctx.extras.update(mixed_image=image, mixed_label=label, mixed_weight=weight)
+        # 5. student on the mixed image, pixel-weighted CE (its encoder pass kept for a task that reuses it)
+        share = "mixed_features" in ctx.reuse
+        if not single_view(self.model):
+            backward("uda", seg_loss(self.model, image, lambda logits, box: pixel_ce(
+                logits, crop(label, box), crop(weight, box), True)))
+            return
+        features = self.model.encode(image)
+        logits = F.interpolate(self.model.decode(features), size=image.shape[-2:], mode="bilinear",
+                               align_corners=False)
+        ce = F.cross_entropy(logits, label, ignore_index=IGNORE_INDEX, reduction="none")
+        del logits
+        backward("uda", (ce * weight).mean(), retain_graph=share)
+        if share:
+            ctx.extras["mixed_features"] = features
 
     @torch.no_grad()
     def after_optimizer_step(self, iteration: int) -> None:

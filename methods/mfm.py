@@ -1,16 +1,53 @@
 """`mfm`: Masked Feature Modeling (arXiv 2509.13801; v2 calls it MRM) as an auxiliary task.
 
-Training only: target image -> student encoder -> stage features -> `Rebuilder` (embed the deepest
-stage, mask tokens with a learnable mask token, transformer blocks with a fixed 2-D sin-cos position
-embedding, per-stage up-projectors back to every stage's resolution and width, merge) -> the student's
-own `decode` -> cross-entropy against the host's EMA-teacher pseudo-labels, weighted by the host's
-pseudo-label weight. The Rebuilder lives in this task object only, so the evaluated network is exactly
-the host's (no extra parameters, no extra FLOPs).
+Training only: an image -> student encoder -> stage features -> `Rebuilder` (embed the deepest stage,
+mask tokens with a learnable mask token, transformer blocks with a fixed 2-D sin-cos position embedding,
+per-stage up-projectors back to every stage's resolution and width, merge: visible positions keep the
+encoder's features, masked ones take the prediction) -> the student's own `decode` -> cross-entropy
+against the host's labels, weighted by the host's pixel weight. The Rebuilder lives in this task object
+only, so the evaluated network is exactly the host's (no extra parameters, no extra FLOPs).
 
-Options (`method.aux.mfm.options`): `mask_ratio` (0.4), `mask_unit` (input pixels per token side, 32),
-`preset` (`tiny` | `small` | `base`; `base` is the paper's 2 blocks x 512 wide, 16 heads) or explicit
-`depth` / `width` / `heads`, `mlp_ratio`, and `color_aug` (feed the host's strong augmentation of
-the target image instead of the clean one).
+What the released code says and what is inferred (../shared/reference/paper-scale.md P1/P2-10):
+- Released (`rebuilder.py` of Wenlve-Zhou/MRM): the Rebuilder itself, matched here layer for layer, with
+  a fresh Bernoulli keep mask (`rand > 0.4`) per call and the merge `src * mask + pred * (1 - mask)` at
+  every stage, decoded by the segmentor's own head. Nothing in it selects pixels for the loss, and
+  mmseg's decode-head loss covers every pixel, so the merge implies the loss on all pixels (`loss_on:
+  all`). The training integration (`mrm_training`, `uda/dacs.py`, named in MRM's README) is not in the
+  released repository.
+- Inferred: which image MFM sees. The one hint is the comment in the Rebuilder's `Transformer.forward`,
+  "Remove the Source Feature in Mixture and Add Learnable Token in the Position", which suggests the
+  features come from the host's ClassMix **mixed** image (with its mixed label and weight), and MRM's
+  README says `dacs.py` holds "RAM optimization" details (plausibly one encoder pass shared with the mix
+  loss). `image: target` (the clean target image and the teacher's pseudo-labels) stays the default so
+  the committed results reproduce; `image: mixed` is the reading of that comment.
+
+Why `loss_on` matters: with `all`, the visible positions keep the encoder's own features, so at the
+visible pixels the loss is the host's pseudo-label self-training again, on the un-mixed target image
+(`image: target`), with no masking in between: 60% of the pixels in expectation at mask ratio 0.4.
+At the CPU scale (64x128 images, a 2x4 token grid) DeepLab-v2 + MFM collapsed with it (reports/main:
+10.4 mIoU against DACS's 19.3; sidewalk IoU 31.0 -> 0.9, car 42.6 -> 8.4, road 81.9 -> 50.2, as when
+road swallows other classes). `masked` gives weight 0 to the pixels whose deepest-stage token was kept; the mean
+still runs over all pixels (as `weighted_ce`), so per masked pixel the loss is the same as with `all`:
+the two options differ exactly by the visible pixels' terms.
+
+Options (`method.aux.mfm.options`): `image` (`target` | `mixed`), `loss_on` (`all` | `masked`),
+`mask_ratio` (0.4), `mask_unit` (input pixels per token side, 32), `preset` (`tiny` | `small` | `base`;
+`base` is the paper's 2 blocks x 512 wide, 16 heads) or explicit `depth` / `width` / `heads`,
+`mlp_ratio`, and `color_aug` (`image: target` only: the host's strong augmentation of the target image
+instead of the clean one; the mixed image is already augmented by the host).
+
+With `image: mixed` the task declares `reuses = {"mixed_features"}`: the `dacs` host keeps the student's
+encoder pass of the mixed image (with its graph) for it, so MFM adds no encoder forward pass (its loss
+still back-propagates through the encoder on its own, as the engine back-propagates each loss); the
+gradients are those of a fresh encode of the same image (tests/test_mfm_recipe.py). Step cost against
+`dacs` and MIC at the `cpu` scale: benchmarks/bench_aux_step.py and the README's `mfm` paragraph.
+Two differences from a fresh encode: BatchNorm running statistics are updated once for the mixed image
+(not twice), and drop-path / dropout, where on, share the host pass's draw.
+
+Not published by the paper, and what udabench uses: lambda (the task's `method.aux.mfm.weight`: 1.0, like
+MIC's), the Rebuilder's learning rate (`lr_mult` 10, the head multiplier; under mmseg it would be x10 only
+if the module's name contained `head`), the start iteration (`start_iter` 0), and the two options above
+(defaults `target`, `all`).
 """
 
 from __future__ import annotations
@@ -26,7 +63,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from methods import register_aux
-from methods._common import random_keep, require_pseudo_labels, target_view, weighted_ce
+from methods._common import random_keep, require_mixed, require_pseudo_labels, target_view, weighted_ce
 from methods.base import AuxTask, StepContext
 
 # name -> (depth, width, heads)
@@ -155,11 +192,13 @@ class Rebuilder(nn.Module):
 
 @register_aux("mfm")
 class MFM(AuxTask):
-    """Masked Feature Modeling: CE of the student's decode of rebuilt target features vs pseudo-labels."""
+    """Masked Feature Modeling: CE of the student's decode of rebuilt features vs the host's labels."""
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
+        image: Literal["target", "mixed"] = "target"   # the clean target, or the host's ClassMix image
+        loss_on: Literal["all", "masked"] = "all"       # pixels the CE covers
         mask_ratio: float = Field(0.4, ge=0, lt=1)
         mask_unit: int = Field(32, ge=1)
         preset: Literal["tiny", "small", "base"] = "base"
@@ -176,6 +215,9 @@ class MFM(AuxTask):
                 raise ValueError(f"width {width} must be a multiple of 4 (2-D sin-cos position embedding)")
             if width % heads:
                 raise ValueError(f"width {width} must be divisible by heads {heads}")
+            if self.color_aug and self.image == "mixed":
+                raise ValueError("color_aug applies to image 'target' only: the mixed image already "
+                                 "carries the host's strong augmentation")
             return self
 
         def resolved(self) -> tuple[int, int, int]:
@@ -189,9 +231,27 @@ class MFM(AuxTask):
         self.rebuilder = Rebuilder(list(model.feature_channels), list(model.feature_strides),
                                    mask_unit=self.opts.mask_unit, depth=depth, width=width, heads=heads,
                                    mlp_ratio=self.opts.mlp_ratio, mask_ratio=self.opts.mask_ratio)
+        if self.opts.image == "mixed":  # the host's encoder pass of the mixed image (methods/base.py)
+            self.reuses = frozenset({"mixed_features"})
+
+    def features(self, ctx: StepContext) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(student encoder features, label, pixel weight) of the image this task sees."""
+        if self.opts.image == "target":
+            label, weight = require_pseudo_labels(ctx, "mfm")
+            return ctx.student.encode(target_view(ctx, self.opts.color_aug)), label, weight
+        image, label, weight = require_mixed(ctx, "mfm")
+        feats = ctx.extras.get("mixed_features")
+        if feats is None:  # the host did not keep its pass of the mixed image: encode it again
+            feats = ctx.student.encode(image)
+        return feats, label, weight
 
     def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        label, weight = require_pseudo_labels(ctx, "mfm")
-        feats = ctx.student.encode(target_view(ctx, self.opts.color_aug))
-        rebuilt, _ = self.rebuilder(list(feats))
+        # 1. the encoder's stage features of the image (clean target, or the host's mixed image)
+        feats, label, weight = self.features(ctx)
+        # 2. mask the deepest stage's tokens and rebuild every stage (visible positions unchanged)
+        rebuilt, keep = self.rebuilder(list(feats))
+        # 3. the student's own head on the rebuilt features, CE against the host's labels
+        if self.opts.loss_on == "masked":  # visible pixels get weight 0
+            keep_px = F.interpolate(keep, size=label.shape[-2:], mode="nearest")[:, 0]
+            weight = weight * (1 - keep_px)
         return {"ce": weighted_ce(ctx.student.decode(rebuilt), label, weight)}

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from harness.labels import IGNORE_INDEX
 from methods import register_host
+from methods._common import crop, seg_loss
 from methods.base import Backward, HostMethod, StepContext
 
 
@@ -14,5 +15,5 @@ class SourceOnly(HostMethod):
     provides_pseudo_labels = False
 
     def step(self, ctx: StepContext, backward: Backward) -> None:
-        logits = self.model(ctx.source_image)
-        backward("sup", F.cross_entropy(logits, ctx.source_label, ignore_index=IGNORE_INDEX))
+        backward("sup", seg_loss(self.model, ctx.source_image, lambda logits, box: F.cross_entropy(
+            logits, crop(ctx.source_label, box), ignore_index=IGNORE_INDEX)))
