@@ -44,9 +44,9 @@ def x():
     return torch.randn(2, 3, 64, 96)  # not square: catches height/width swaps
 
 
-def test_registry_lists_the_three_architectures():
-    assert {"deeplabv2", "daformer", "segformer"} <= set(MODELS.names())
-    assert set(PAPER_BACKBONES) == {"deeplabv2", "daformer", "segformer"}
+def test_registry_lists_the_architectures():
+    assert {"deeplabv2", "daformer", "segformer", "hrda"} <= set(MODELS.names())
+    assert set(PAPER_BACKBONES) == {"deeplabv2", "daformer", "segformer", "hrda"}
 
 
 @pytest.mark.parametrize("case", SMALL, ids=small_id)
@@ -315,14 +315,16 @@ def test_udabench_models_with_a_small_backbone(capsys):
 
 @pytest.mark.slow
 def test_paper_scale_models_build_and_run():
-    """Build the three paper-scale models for real (random init) and run one small forward pass."""
-    x = torch.randn(1, 3, 64, 64)
+    """Build the paper-scale models for real (random init) and run one small forward pass (HRDA: one
+    512 detail window, its smallest input)."""
     for arch, backbone in PAPER_BACKBONES.items():
+        side = 512 if arch == "hrda" else 64
+        x = torch.randn(1, 3, side, side)
         model = create_segmentor(arch).eval()
         assert model.backbone == backbone
         assert count_parameters(model) == parameter_counts(arch)["total"]
         with torch.inference_mode():
-            assert tuple(model(x).shape) == (1, 19, 64, 64)
+            assert tuple(model(x).shape) == (1, 19, side, side)
         strides = [8] if arch == "deeplabv2" else [4, 8, 16, 32]
         assert model.feature_strides == strides
         if arch == "deeplabv2":

@@ -30,6 +30,7 @@ PAPER_BACKBONES: dict[str, str] = {
     "deeplabv2": "resnet101c",  # mmseg ResNetV1c, DAFormer's and MIC's DeepLab-v2 (deep stem)
     "daformer": "pvt_v2_b5",
     "segformer": "pvt_v2_b5",
+    "hrda": "pvt_v2_b5",        # HRDA around DAFormer (its `base` option), as in the official configuration
 }
 
 
@@ -60,6 +61,10 @@ register_model("daformer")(_lazy(
 register_model("segformer")(_lazy(
     "harness.models.segformer:SegFormer",
     "SegFormer: hierarchical encoder (PVTv2) + all-MLP head."))
+register_model("hrda")(_lazy(
+    "harness.models.hrda:HRDA",
+    "HRDA: a base segmentor (DAFormer) on a context view at half resolution and a detail crop, fused by a "
+    "learned scale attention."))
 
 
 def check_options(arch: str, options: dict[str, Any]) -> None:

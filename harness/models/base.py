@@ -32,6 +32,9 @@ class Segmentor(nn.Module):
     """Encoder (timm, features_only) + decode head. Subclasses define `Options` and build `head`."""
 
     arch: ClassVar[str] = "segmentor"
+    # forward(x) is decode(encode(x)) resized to x: a host may split the pass to keep the features (the
+    # feature distance, a task reusing them). False for HRDA (two views of x, fused): hosts call seg_loss
+    single_view: ClassVar[bool] = True
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -62,9 +65,21 @@ class Segmentor(nn.Module):
         logits = self.decode(self.encode(x))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
+    def seg_loss(self, x: torch.Tensor, criterion) -> torch.Tensor:
+        """The segmentation loss of `x`: `criterion(logits, box)` scores logits at the input size
+        (`box` None: they cover the whole label) or, for a model that also predicts a crop (HRDA's
+        detail crop), logits covering `label[..., y1:y2, x1:x2]` of `box` = (y1, y2, x1, x2)."""
+        return criterion(self(x), None)
+
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Encoder and decoder parameters (disjoint, together every parameter of the model)."""
         return {"encoder": list(self.encoder.parameters()), "decoder": list(self.head.parameters())}
+
+    @classmethod
+    def check_crop(cls, options: dict[str, Any], crop: tuple[int, int]) -> str | None:
+        """What is wrong with training crops of `crop` (height, width) for this architecture with
+        `options`, or None (checked with the config, before a run starts)."""
+        return None
 
     @classmethod
     def parse_options(cls, options: dict[str, Any]) -> Options:

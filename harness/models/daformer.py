@@ -47,15 +47,22 @@ def resize_to(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tens
 
 
 class DAFormerHead(nn.Module):
+    """`fusion="aspp"`: the separable ASPP branches and the 3x3 bottleneck (DAFormer's sep_aspp);
+    `"conv"`: one 1x1 conv (BN, ReLU) from the concatenated stages (HRDA's scale-attention head)."""
+
     def __init__(self, in_channels: list[int], num_classes: int, embed_dim: int = 256,
-                 fusion_dilations: tuple[int, ...] = (1, 6, 12, 18), dropout: float = 0.1) -> None:
+                 fusion_dilations: tuple[int, ...] = (1, 6, 12, 18), dropout: float = 0.1,
+                 fusion: str = "aspp") -> None:
         super().__init__()
         self.embed = nn.ModuleList(nn.Conv2d(c, embed_dim, 1) for c in in_channels)
         fused = embed_dim * len(in_channels)
+        if fusion == "conv":
+            fusion_dilations = (1,)
         self.fusion = nn.ModuleList(
             conv_bn_relu(fused, embed_dim, 1) if d == 1 else depthwise_separable(fused, embed_dim, d)
             for d in fusion_dilations)
-        self.bottleneck = conv_bn_relu(embed_dim * len(fusion_dilations), embed_dim, 3)
+        self.bottleneck = (conv_bn_relu(embed_dim * len(fusion_dilations), embed_dim, 3) if fusion == "aspp"
+                           else nn.Identity())
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = classifier(embed_dim, num_classes)
 

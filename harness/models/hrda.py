@@ -1,0 +1,204 @@
+"""HRDA: multi-resolution training and inference around a single-scale segmentor (Hoyer et al. 2022).
+
+The official code is lhoyer/HRDA (`mmseg/models/segmentors/hrda_encoder_decoder.py`,
+`mmseg/models/decode_heads/hrda_head.py`, `configs/hrda/gtaHR2csHR_hrda.py`); MIC's `seg/` carries the same.
+One encoder and one decode head (the base architecture's, e.g. DAFormer) see two views of an image:
+
+1. the **context** view: the whole input resized by `context_scale` (0.5);
+2. the **detail** view: at training time a random `detail_crop` (512 of a 1024 crop) of the full-resolution
+   input, its corners on a grid of `crop_coord_divisible` pixels (8 = output stride 4 / context scale 0.5,
+   so context and detail logits align); at inference the whole input in overlapping `detail_crop` windows
+   (stride half a window), whose logits are averaged where they overlap (`slide_detail`);
+3. a **scale-attention** head (a second head of the base's kind: DAFormer's with a 1x1 conv fusion and
+   `attention_embed_dim` channels, DeepLab-v2's ASPP classifier, SegFormer's MLP head) maps the context
+   features to a sigmoid weight per class (`attention_classwise`) or per pixel, set to 0 outside the
+   detail crop at training time;
+4. fusion at the detail resolution: `fused = a * detail + up((1 - a) * context)`, with `a` upsampled too.
+
+`forward(x)` returns the fused logits at the input size (so hosts and evaluation see an ordinary
+segmentor); `seg_loss(x, criterion)` adds the detail crop's own loss, weighted `detail_loss_weight`
+(lambda_d = 0.1), the fused loss weighted 1 - lambda_d (HRDAHead.losses). `encode` / `decode` are the
+base's single-scale passes (the auxiliary tasks' view of one image).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from harness.models.base import Segmentor
+
+Box = tuple[int, int, int, int]  # y1, y2, x1, x2 in input pixels
+
+
+class HRDA(Segmentor):
+    arch = "hrda"
+    single_view = False
+
+    class Options(Segmentor.Options):
+        base: Literal["daformer", "deeplabv2", "segformer"] = "daformer"
+        base_options: dict[str, Any] = Field(default_factory=dict)  # the base architecture's model.options
+        context_scale: float = Field(0.5, gt=0, lt=1)    # HRDA scales [1, 0.5]
+        detail_crop: tuple[int, int] = (512, 512)        # hr_crop_size, input pixels (height, width)
+        crop_coord_divisible: int | None = Field(None, ge=1)  # None: output stride / context_scale
+        detail_loss_weight: float = Field(0.1, ge=0, lt=1)  # hr_loss_weight (lambda_d)
+        attention_classwise: bool = True
+        attention_embed_dim: int = Field(256, ge=1)
+        slide_detail: bool = True                        # hr_slide_inference (overlapping windows)
+
+    def __init__(self, backbone: str | None = None, num_classes: int = 19,
+                 pretrained: str | Path | None = None, **options) -> None:
+        from harness.models import create_segmentor
+
+        opts = self.parse_options(options)
+        base_options = dict(opts.base_options)
+        base_options["encoder_options"] = {**base_options.get("encoder_options", {}), **opts.encoder_options}
+        base = create_segmentor(opts.base, backbone=backbone, num_classes=num_classes, pretrained=pretrained,
+                                **base_options)
+        super().__init__(base.encoder, base.head, base.backbone, num_classes)
+        self.options = opts
+        self.base_arch = opts.base
+        self.attention = attention_head(base, 1 if not opts.attention_classwise else num_classes,
+                                        opts.attention_embed_dim)
+        os_ = self.decoder_stride
+        self.divisible = opts.crop_coord_divisible or round(os_ / opts.context_scale)
+        if self.divisible % round(os_ / opts.context_scale):
+            raise ValueError(f"model.options.crop_coord_divisible={self.divisible} must be a multiple of the "
+                             f"output stride / context scale = {round(os_ / opts.context_scale)}, or the "
+                             "context and detail logits do not align")
+        self.last_detail: tuple[torch.Tensor, Box] | None = None
+
+    @classmethod
+    def check_crop(cls, options: dict[str, Any], crop: tuple[int, int]) -> str | None:
+        ch, cw = cls.parse_options(options).detail_crop
+        if ch > crop[0] or cw > crop[1]:
+            return (f"model.options.detail_crop {[ch, cw]} is larger than data.crop {list(crop)}: the detail "
+                    "crop is cut from the training crop (HRDA: 512 of 1024)")
+        return None
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The scale attention belongs to the decoder (HRDA's decode head holds it: lr_mult 10)."""
+        groups = super().param_groups()
+        groups["decoder"] = groups["decoder"] + list(self.attention.parameters())
+        return groups
+
+    # ----------------------------------------------------------------------------------------------
+    # the two views and their fusion
+
+    def detail_box(self, height: int, width: int) -> Box:
+        """A random detail crop of the input, its corners on the `divisible` grid (get_crop_bbox)."""
+        ch, cw = self.options.detail_crop
+        if (ch, cw) == (height, width):
+            return 0, height, 0, width
+        d = self.divisible
+        y = int(torch.randint(0, max((height - ch + 1) // d, 1), ())) * d  # as get_crop_bbox: offsets
+        x = int(torch.randint(0, max((width - cw + 1) // d, 1), ())) * d   # 0, d, ... below margin + 1
+        return y, y + ch, x, x + cw
+
+    def check_input(self, x: torch.Tensor) -> None:
+        h, w = x.shape[-2:]
+        ch, cw = self.options.detail_crop
+        if h < ch or w < cw or h % self.divisible or w % self.divisible:
+            raise ValueError(f"HRDA input {h}x{w}: needs at least the detail crop {ch}x{cw} and sides "
+                             f"divisible by {self.divisible} (output stride / context scale)")
+
+    def context(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Context logits and scale attention (sigmoid), both at the context view's decoder resolution."""
+        small = F.interpolate(x, scale_factor=self.options.context_scale, mode="bilinear", align_corners=False)
+        feats = self.encode(small)
+        return self.decode(feats), torch.sigmoid(self.attention(feats))
+
+    def detail_windows(self, x: torch.Tensor) -> torch.Tensor:
+        """Detail logits of the whole input: overlapping `detail_crop` windows, stride half a window (or
+        side by side without `slide_detail`), encoded as one batch, logits averaged where they overlap."""
+        ch, cw = self.options.detail_crop
+        sh, sw = (ch // 2, cw // 2) if self.options.slide_detail else (ch, cw)
+        b, _, h, w = x.shape
+        boxes = []
+        for i in range(max(h - ch + sh - 1, 0) // sh + 1):
+            for j in range(max(w - cw + sw - 1, 0) // sw + 1):
+                y2, x2 = min(i * sh + ch, h), min(j * sw + cw, w)
+                boxes.append((max(y2 - ch, 0), y2, max(x2 - cw, 0), x2))
+        crops = torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])
+        logits = self.decode(self.encode(crops))
+        s = self.decoder_stride
+        out = logits.new_zeros(b, logits.shape[1], h // s, w // s)
+        count = logits.new_zeros(1, 1, h // s, w // s)
+        for k, (y1, y2, x1, x2) in enumerate(boxes):
+            out[:, :, y1 // s:y2 // s, x1 // s:x2 // s] += logits[k * b:(k + 1) * b]
+            count[:, :, y1 // s:y2 // s, x1 // s:x2 // s] += 1
+        return out / count
+
+    def fuse(self, context: torch.Tensor, attention: torch.Tensor, detail: torch.Tensor,
+             box: Box | None) -> torch.Tensor:
+        """`a * detail + up((1 - a) * context)` at the detail resolution; with a training `box`, the
+        attention is 0 outside it and `detail` (the crop's logits) is placed at the box."""
+        s, up = self.decoder_stride, 1 / self.options.context_scale
+        if box is not None:
+            y1, y2, x1, x2 = (round(v / (s * up)) for v in box)
+            mask = torch.zeros_like(attention[:, :1])
+            mask[:, :, y1:y2, x1:x2] = 1
+            attention = attention * mask
+        context = F.interpolate((1 - attention) * context, scale_factor=up, mode="bilinear", align_corners=False)
+        attention = F.interpolate(attention, scale_factor=up, mode="bilinear", align_corners=False)
+        if box is not None:
+            placed = torch.zeros_like(context)
+            y1, y2, x1, x2 = (v // s for v in box)
+            placed[:, :, y1:y2, x1:x2] = detail
+            detail = placed
+        return attention * detail + context
+
+    def fused(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Box | None]:
+        """(fused logits at the decoder resolution, detail logits, the detail box or None). Training
+        mode draws a detail crop; eval mode (pseudo-labels, evaluation) covers the input in windows."""
+        self.check_input(x)
+        context, attention = self.context(x)
+        if self.training:
+            box = self.detail_box(*x.shape[-2:])
+            y1, y2, x1, x2 = box
+            detail = self.decode(self.encode(x[:, :, y1:y2, x1:x2]))
+        else:
+            box, detail = None, self.detail_windows(x)
+        return self.fuse(context, attention, detail, box), detail, box
+
+    # ----------------------------------------------------------------------------------------------
+    # the segmentor interface
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits, detail, box = self.fused(x)
+        self.last_detail = (detail, box) if box is not None else None
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def seg_loss(self, x: torch.Tensor, criterion) -> torch.Tensor:
+        """(1 - lambda_d) * the fused loss + lambda_d * the detail crop's loss (training mode)."""
+        fused = self(x)
+        loss = criterion(fused, None)
+        w = self.options.detail_loss_weight
+        if w == 0 or self.last_detail is None:
+            return loss
+        detail, (y1, y2, x1, x2) = self.last_detail
+        self.last_detail = None
+        detail = F.interpolate(detail, size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)
+        return (1 - w) * loss + w * criterion(detail, (y1, y2, x1, x2))
+
+
+def attention_head(base: Segmentor, channels: int, embed_dim: int) -> nn.Module:
+    """The scale-attention head, of the base's kind (HRDAHead's attn_cfg): DAFormer's head with a 1x1
+    conv fusion and `embed_dim` channels; DeepLab-v2's ASPP classifier; SegFormer's head."""
+    in_channels = base.feature_channels
+    if base.arch == "daformer":
+        from harness.models.daformer import DAFormerHead
+
+        return DAFormerHead(in_channels, channels, embed_dim, fusion="conv", dropout=base.options.dropout)
+    if base.arch == "deeplabv2":
+        from harness.models.deeplabv2 import ASPPClassifier
+
+        return ASPPClassifier(in_channels[-1], channels, tuple(base.options.aspp_dilations))
+    from harness.models.segformer import SegFormerHead
+
+    return SegFormerHead(in_channels, channels, base.options.embed_dim, base.options.dropout)
