@@ -3,6 +3,8 @@
 A checkpoint (`checkpoint.pt`) holds: config (the resolved RunConfig as a dict), iteration, model (the
 student, the exact host network), host (e.g. the EMA teacher), aux (auxiliary tasks' own parts),
 optimizer, scheduler, scaler, rng (python, numpy, torch, cuda) and history (evaluations so far).
+With `checkpoint_keep` other than `last`, the evaluated model's weights of each evaluation are kept
+beside it as `iter_<iteration>.pt` (`keep`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,29 @@ def save(state: dict[str, Any], path: str | Path) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+    return path
+
+
+KEPT = "iter_{:06d}.pt"  # the weights kept at an evaluation (`checkpoint_keep`), beside FILENAME
+
+
+def keep(config: dict[str, Any], iteration: int, model: torch.nn.Module, metrics: dict[str, float],
+         folder: str | Path, rule: str | int) -> Path | None:
+    """Keep the evaluated model's weights of this evaluation as `folder/iter_<iteration>.pt` (config,
+    iteration, model, metrics: what `udabench eval` reads; no optimiser state, about a third of a full
+    checkpoint), so a checkpoint chosen after the fact (`udabench report --select`) can be deployed.
+    `rule`: `last` keeps none (the training checkpoint FILENAME holds the last), `all` every one, N the N
+    most recent (older kept files are deleted). Returns the file written, or None."""
+    if rule == "last":
+        return None
+    folder = Path(folder)
+    path = save({"config": config, "iteration": int(iteration), "model": model.state_dict(),
+                 "metrics": {k: float(v) for k, v in metrics.items()}}, folder / KEPT.format(int(iteration)))
+    if isinstance(rule, int):
+        kept = sorted((p for p in folder.glob("iter_*.pt") if p.stem[len("iter_"):].isdigit()),
+                      key=lambda p: int(p.stem[len("iter_"):]))
+        for old in kept[:-rule]:
+            old.unlink(missing_ok=True)
     return path
 
 

@@ -20,7 +20,7 @@ from harness.report.stats import LOWER_BOUND
 
 _TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
         "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
-        "–": "--", "±": r"$\pm$", "×": r"$\times$", "Δ": r"$\Delta$"}
+        "–": "--", "±": r"$\pm$", "×": r"$\times$", "Δ": r"$\Delta$", "ρ": r"$\rho$"}
 
 
 def tex_escape(text: str) -> str:
@@ -74,6 +74,10 @@ class Table:
     numeric: pd.DataFrame
     note: str = ""
     labels: Sequence[str] = ()      # left-aligned text columns (the rest are numbers)
+    # which checkpoint (evaluation) of each run the numbers come from (report/selection.py `statement`);
+    # every written file says it: a line under the Markdown table, a LaTeX comment, a CSV column
+    checkpoint: str = ""
+    checkpoint_short: str = ""      # the rule in a few words: the CSV column `checkpoint`
 
     def markdown(self) -> str:
         frame = self.display.map(str)
@@ -84,13 +88,16 @@ class Table:
         frame.columns = [tex_escape(c) for c in frame.columns]
         fmt = "".join("l" if c in self.labels else "r" for c in self.display.columns)
         body = frame.to_latex(index=False, escape=False, column_format=fmt)
-        return f"% {self.title}\n% requires \\usepackage{{booktabs}}\n{body}"
+        said = f"% {self.checkpoint.replace('**', '')}\n" if self.checkpoint else ""
+        return f"% {self.title}\n{said}% requires \\usepackage{{booktabs}}\n{body}"
 
     def write(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{self.name}.md").write_text(self.markdown() + "\n")
+        said = f"\n{self.checkpoint}\n" if self.checkpoint else ""
+        (folder / f"{self.name}.md").write_text(self.markdown() + "\n" + said)
         (folder / f"{self.name}.tex").write_text(self.latex())
-        self.numeric.to_csv(folder / f"{self.name}.csv", index=False, float_format="%.10g")
+        numeric = self.numeric.assign(checkpoint=self.checkpoint_short) if self.checkpoint_short else self.numeric
+        numeric.to_csv(folder / f"{self.name}.csv", index=False, float_format="%.10g")
 
 
 def _label_frame(df: pd.DataFrame, data: StudyData) -> pd.DataFrame:
@@ -171,7 +178,7 @@ def main_table(data: StudyData, summary: pd.DataFrame, gains: pd.DataFrame) -> T
         numeric[f"{data.metric}:{k if k != 'pairs' else 'gain_n'}"] = v
     proto = {"19": "19 Cityscapes classes", "16": "SYNTHIA 16-class protocol (mIoU16; mIoU13 drops "
              "wall, fence, pole)", "13": "SYNTHIA 13-class protocol"}[data.protocol]
-    note = (f"Target IoU (%) at the final evaluation, {proto}; mean ± std over seeds, n = runs (seeds) per row "
+    note = (f"Target IoU (%) at that evaluation, {proto}; mean ± std over seeds, n = runs (seeds) per row "
             f"(at most {n_full}); '(n=k)' marks a cell computed from fewer runs than its row (a class "
             f"absent from some runs' ground truth and predictions). Δ: paired "
             f"difference to the same architecture and host without an auxiliary task over their common "
@@ -259,6 +266,6 @@ def cost_display(data: StudyData, cost: pd.DataFrame) -> Table:
 
 
 def _md_table(t: Table) -> str:
-    return "\n".join([t.markdown(), "", t.note, "",
+    return "\n".join([t.markdown(), "", f"{t.checkpoint} {t.note}".strip(), "",
                       f"Files: [Markdown](tables/{t.name}.md) · [LaTeX](tables/{t.name}.tex) · "
                       f"[CSV](tables/{t.name}.csv)"])
