@@ -2,6 +2,13 @@
 drawn): mIoU against each ablation axis, per-class gain bars, training curves from the metric history.
 Each figure is saved as PNG and SVG without timestamps, so a figure's files are reproducible.
 
+Training curves: the evaluation metric per evaluation (mean over seeds, ± 1 sd). The losses, the
+pseudo-label weight and the throughput from the dense `train/` logs (every `log_interval` iterations,
+`harness.study.tracking`) in one figure, each run smoothed with a centred rolling mean (`smooth_window`
+logged points, about 5% of the run and at least 5; fewer at both ends), then the mean over seeds with a
+min-max band (`_dense_lines`); runs logged before the dense logs existed show the losses per evaluation,
+as before.
+
 The axis figure is seaborn's. The gain bars and the curves are drawn with matplotlib exactly as
 seaborn's catplot, lineplot and relplot drew them (colours, bars, lines, bands, facets, legend, and
 the same layout steps; tests/test_report_speed.py compares the PNGs byte for byte): seaborn spent two
@@ -21,6 +28,16 @@ from harness.labels import CLASSES
 from harness.report.runs import KNOWN_ORDER, METRIC_LABEL, NO_AUX, StudyData, _sort, iou_metric
 from harness.report.stats import _baseline_mask
 from harness.report.tables import _label
+from harness.study.tracking import TRAIN
+
+DENSE_STATS = {"stat/pseudo_weight": "pseudo-label weight", "throughput": "throughput (images/s)"}
+
+
+def curve_keys(data: StudyData) -> list[str]:
+    """The loss keys the training curves read besides the headline metric: each loss per evaluation and
+    its dense `train/` log, and the dense pseudo-label weight and throughput."""
+    losses = [c for c in data.runs.columns if c.startswith("loss/")]
+    return [*losses, *(TRAIN + k for k in losses), *(TRAIN + k for k in DENSE_STATS)]
 
 
 def _save(fig, folder: Path, name: str) -> list[str]:
@@ -192,6 +209,9 @@ def fig_curves(data: StudyData, history: pd.DataFrame, folder: Path, max_groups:
         _save(fig, folder, "curves_miou")
         out.append(("curves_miou", f"Target {METRIC_LABEL[data.metric]} during training{note} "
                                    "(mean over seeds, band = ± 1 sd)"))
+    dense = hist[hist["key"].str.startswith(TRAIN)]
+    if not dense.empty:
+        return out + _dense_curves(dense, keep, colors, hist["run_id"].nunique(), note, folder)
     losses = hist[hist["key"].str.startswith("loss/")]
     if not losses.empty:
         keys = list(dict.fromkeys(losses["key"]))
@@ -204,6 +224,95 @@ def fig_curves(data: StudyData, history: pd.DataFrame, folder: Path, max_groups:
         _save(fig, folder, "curves_loss")
         out.append(("curves_loss", f"Training losses (mean since the previous evaluation){note}"))
     return out
+
+
+def smooth_window(points: int) -> int:
+    """The rolling-mean window (logged points, odd) for a run of `points` logs: about 5%, at least 5."""
+    return max(5, points // 20) | 1
+
+
+def smoothed(dense: pd.DataFrame, window: int) -> pd.DataFrame:
+    """`dense` (run_id, key, step, value) sorted by key, run and step, each run's values of each key
+    replaced by their centred rolling mean over `window` points (fewer at both ends; NaN values left out
+    of the means), as `Series.rolling(window, center=True, min_periods=1).mean()` per run and key, for
+    all of them at once."""
+    d = dense.sort_values(["key", "run_id", "step"], kind="stable").reset_index(drop=True)
+    n = len(d)
+    if n == 0:
+        return d
+    y = d["value"].to_numpy(float)
+    ok = np.isfinite(y)
+    total = np.concatenate([[0.0], np.cumsum(np.where(ok, y, 0.0))])
+    count = np.concatenate([[0], np.cumsum(ok)])
+    new = np.ones(n, bool)
+    new[1:] = (d["key"].to_numpy()[1:] != d["key"].to_numpy()[:-1]) | (
+        d["run_id"].to_numpy()[1:] != d["run_id"].to_numpy()[:-1])
+    start = np.maximum.accumulate(np.where(new, np.arange(n), 0))  # first row of each row's series
+    ends = np.append(np.flatnonzero(new)[1:], n)
+    end = ends[np.cumsum(new) - 1]  # one past the last row of each row's series
+    i = np.arange(n)
+    lo = np.maximum(start, i - window // 2)
+    hi = np.minimum(end, i + window // 2 + 1)
+    k = count[hi] - count[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d["value"] = np.where(k > 0, (total[hi] - total[lo]) / k, np.nan)
+    return d
+
+
+def _dense_curves(dense: pd.DataFrame, keep: list[str], colors: dict, n_runs: int, note: str,
+                  folder: Path) -> list[tuple[str, str]]:
+    """One figure (`curves_loss`) from the dense `train/` logs: a facet per loss, then the pseudo-label
+    weight and the throughput; each run smoothed, the mean over seeds with a min-max band. One figure,
+    not two: a figure's fixed cost (layout, legend, PNG and SVG) is most of the curves' time."""
+    points = int(dense.groupby(["run_id", "key"]).size().max())
+    steps = np.diff(dense.drop_duplicates(["run_id", "step"]).sort_values(["run_id", "step"])["step"].to_numpy())
+    every = int(np.median(steps[steps > 0])) if (steps > 0).any() else 0
+    window = smooth_window(points)
+    smooth = smoothed(dense, window)
+    smooth["key"] = smooth["key"].str.removeprefix(TRAIN)
+    present = set(smooth["key"])
+    keys = [k for k in dict.fromkeys(smooth["key"]) if k.startswith("loss/")] + [k for k in DENSE_STATS if k in present]
+    if not keys:
+        return []
+    ncol = min(3, len(keys))
+    fig, axes = _facets([f"key = {k}" for k in keys], ncol, height=2.6, aspect=1.3, sharey=False)
+    for ax, key in zip(axes, keys):
+        _dense_lines(ax, smooth[smooth["key"] == key], keep, colors)
+    _facet_labels(axes, [DENSE_STATS.get(k, k) for k in keys], ncol, "iteration", "loss", ("_x", "_y", "key = {}"))
+    for ax, key in zip(axes, keys):
+        if key in DENSE_STATS:  # not a loss: its title names it and its unit
+            ax.set_ylabel("")
+    _proxies(axes[0], keep, colors)
+    _legend_right(fig, keep, colors, "method")
+    _save(fig, folder, "curves_loss")
+    missing = n_runs - dense["run_id"].nunique()
+    what = "Training losses" + (", pseudo-label weight and throughput" if keys[-1] in DENSE_STATS else "")
+    return [("curves_loss", f"{what}{note}: logged every {every} iterations, each run smoothed with a centred "
+                            f"rolling mean over {window} logs ({window * every} iterations; fewer at both ends); "
+                            "line = mean over seeds, band = min-max over seeds"
+                            + (f"; {missing} run(s) without these logs not shown" if missing else ""))]
+
+
+def dense_bands(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, step): the mean, minimum and maximum over the runs' (smoothed) values and their count."""
+    return df.groupby(["method", "step"])["value"].agg(["mean", "min", "max", "count"])
+
+
+def _dense_lines(ax, df: pd.DataFrame, levels: list[str], colors: dict) -> None:
+    """Per level (`method`): the mean over its runs of the (smoothed) values at each step, and a band
+    from their minimum to their maximum where more than one run has the step."""
+    stats = dense_bands(df)
+    for level in levels:
+        if level not in stats.index.get_level_values(0):
+            continue
+        sub = stats.loc[level]
+        x = sub.index.to_numpy(float)
+        line, = ax.plot(x, sub["mean"].to_numpy(), markeredgewidth=0.75, markeredgecolor="w")
+        line.set_color(colors[level])
+        if (sub["count"] > 1).any():
+            several = (sub["count"] > 1).to_numpy()
+            ax.fill_between(x, sub["min"].to_numpy(), sub["max"].to_numpy(), where=several,
+                            color=line.get_color(), alpha=0.2)
 
 
 # --------------------------------------------------------------------------------------------------
