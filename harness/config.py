@@ -158,6 +158,9 @@ class EvalConfig(Strict):
     crop: tuple[PositiveInt, PositiveInt] | None = None    # sliding window (height, width)
     stride: tuple[PositiveInt, PositiveInt] | None = None  # at most the crop in each direction
     max_images: int | None = Field(None, ge=1)  # cap the validation set (smoke runs)
+    # images per forward pass (same-size images are stacked); None: 1 on CPU (the recorded results' way),
+    # 4 on CUDA (harness.engine.runtime)
+    batch_size: int | None = Field(None, ge=1)
     protocol: Literal["19", "16", "13"] = "19"
     # score against labels at their stored resolution, logits upsampled to them (mmseg); False: labels
     # resized with the image (data.val.resize)
@@ -174,6 +177,22 @@ class EvalConfig(Strict):
         return self
 
 
+# Label-free model-selection criteria (harness/engine/criteria.py, where each is defined and its source
+# cited): name -> which value is better. Logged at every evaluation as `criterion/<name>`.
+CRITERIA: dict[str, Literal["lower", "higher"]] = {
+    "entropy": "lower", "im": "higher", "teacher_agreement": "higher", "consistency": "higher"}
+
+
+class SelectionConfig(Strict):
+    """What a run logs for choosing a checkpoint after the fact without target labels (issue 19). Result-
+    neutral: left out of `RunConfig.hash()`, and free to change on resume."""
+
+    # computed at every evaluation on the first `images` target *training* images (never their labels);
+    # teacher_agreement only for hosts with an EMA teacher; 0 images = no criteria
+    criteria: tuple[Literal["entropy", "im", "teacher_agreement", "consistency"], ...] = tuple(CRITERIA)
+    images: int = Field(16, ge=0)
+
+
 class RunConfig(Strict):
     name: str = "run"
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -184,12 +203,22 @@ class RunConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy seeds are 32-bit
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
-    amp: bool = True                       # mixed precision, CUDA only
-    cudnn_benchmark: bool = False          # False keeps CUDA runs deterministic
+    amp: bool = True                       # mixed precision, CUDA only (CPU runs train in fp32)
+    # autocast dtype on CUDA: auto = bf16 where the GPU has it natively (compute capability 8+, no
+    # GradScaler), else fp16 with GradScaler
+    amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"
+    cudnn_benchmark: bool = True           # cuDNN picks the fastest kernels (CUDA; off under `deterministic`)
+    # CUDA: cudnn.deterministic, no benchmark, torch.use_deterministic_algorithms (slower, and bilinear
+    # upsampling's backward has no deterministic CUDA kernel). CPU runs are bit-for-bit deterministic anyway.
+    deterministic: bool = False
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None = leave as is
     checkpoint_interval: int | None = Field(None, ge=1)  # save every N iterations (and always at the end)
+    # the evaluated model's weights at each evaluation, `checkpoint/iter_<iteration>.pt` beside checkpoint.pt
+    # (loadable by `udabench eval`): `last` = none (checkpoint.pt only), `all`, or the N most recent
+    checkpoint_keep: Literal["last", "all"] | PositiveInt = "last"
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
     output: str = "runs/run"
-    log_interval: int = Field(10, ge=1)
+    log_interval: int = Field(10, ge=1)  # progress bar and the dense train/ logs (on_log) every N iterations
 
     @model_validator(mode="after")
     def _pseudo_crop_fits(self) -> RunConfig:
@@ -214,8 +243,12 @@ class RunConfig(Strict):
         """Hash of the resolved config, without the fields that do not change results (and without the
         LATER_FIELDS still at their defaults, so older configs keep their hashes)."""
         d = without_later_defaults(self.to_dict())
-        for k in ("name", "output", "log_interval", "device", "threads", "checkpoint_interval"):
+        for k in ("name", "output", "log_interval", "device", "threads", "checkpoint_interval", "deterministic",
+                  "checkpoint_keep", "selection"):
             d.pop(k, None)
+        # which kernels compute the run, not what it computes: hashed as its default before issue 17
+        # (false), so the hashes recorded before stay valid
+        d["cudnn_benchmark"] = False
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -230,6 +263,7 @@ LATER_FIELDS: tuple[tuple[str, ...], ...] = (
     ("method", "pseudo_weight_ignore_top"), ("method", "pseudo_weight_ignore_bottom"),
     ("method", "teacher_bn"), ("method", "fd"), ("method", "source_ce_mean"), ("method", "classmix_classes"),
     ("optim", "encoder_norm_decay_mult"), ("eval", "full_resolution_labels"),
+    ("amp_dtype",), ("eval", "batch_size"),
 )
 
 

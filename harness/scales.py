@@ -8,7 +8,8 @@
 
 A preset is a config overlay (merged under the trial's axes and `--set` overrides) plus, per
 architecture, the backbone and any recipe difference at that scale (`arch_overlay`), so a study that
-varies `model.arch` gets a sensible model at every scale; and the Ray resources a study trial asks for
+varies `model.arch` gets a sensible model at every scale; per auxiliary task, its recipe at that scale
+(`aux_overlay`, merged only for the tasks a run enables); and the Ray resources a study trial asks for
 by default (a study file may set its own).
 
 The small scales differ from the paper recipe where a short CPU schedule from random initialisation
@@ -35,6 +36,7 @@ seeds each; datasets/README.md, "Calibrating the gap").
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from typing import Any
 
 from harness.config import ConfigError, deep_merge
@@ -48,6 +50,9 @@ _SMALL_ARCHS = {
     "deeplabv2": {"model": {"backbone": "resnet18", "options": {"output_stride": 16, "norm": "group"}}},
     "daformer": {"model": {"backbone": "pvt_v2_b0", "options": {"embed_dim": 64}}},
     "segformer": {"model": {"backbone": "pvt_v2_b0", "options": {"embed_dim": 64}}},
+    # HRDA around the small DAFormer: a detail crop of half the short side (HRDA: 512 of 1024)
+    "hrda": {"model": {"backbone": "pvt_v2_b0", "options": {"base_options": {"embed_dim": 64},
+                                                             "attention_embed_dim": 64, "detail_crop": [32, 32]}}},
 }
 _SHORT_SCHEDULE = {"optim": {"lr": 1e-3}, "method": {"ema_alpha": 0.99}, "threads": 1}
 
@@ -59,6 +64,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "data": {"crop": [64, 64], "batch_size": 1},
             "schedule": {"iterations": 4, "warmup": 1},
             "eval": {"interval": 2, "max_images": 2},
+            "selection": {"images": 2},  # the label-free criteria on as few images as the evaluation
             "log_interval": 1,
         },
     },
@@ -78,6 +84,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "data": _SYNTH_HALF,
             "schedule": {"iterations": 2000, "warmup": 200},  # 4-10 min a run (datasets/README.md)
             "eval": {"interval": 500},
+            "log_interval": 20,  # 100 points a curve; the train/ logs cost < 1% of step time (README)
         }),
     },
     "paper": {
@@ -106,6 +113,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "schedule": {"iterations": 40000, "warmup": 1500},
             "optim": {"lr": 6e-5},
             "eval": {"interval": 4000},
+            "log_interval": 50,  # DAFormer's log_config interval=50 (configs/_base_/default_runtime.py)
         },
     },
 }
@@ -146,6 +154,23 @@ SCALES["paper"]["overlay"] = deep_merge(SCALES["paper"]["overlay"], PAPER_RECIPE
 for _arch in ("daformer", "segformer"):
     SCALES["paper"]["arch_overlay"][_arch] = deep_merge(SCALES["paper"]["arch_overlay"][_arch], _MIT_RECIPE)
 
+# --- the auxiliary tasks' recipes at paper scale (issue 17) ---------------------------------------------
+# Merged into `method.aux.<task>` only for the tasks a run enables (`scale_overlay(..., aux=...)`): a scale
+# never enables a task. `contrastive` is SePiCo's ProtoCL (BIT-DA/SePiCo, experiments.py id 6); the task's
+# other values (proj_dim 512, temperature 100, min_purity 0.75) are its defaults. methods/contrastive.py
+# lists each value with its official file; tests/test_recipe.py holds them and fails on a drift.
+AUX_RECIPE: dict[str, dict[str, Any]] = {
+    "contrastive": {"options": {
+        "loss_start": 3000,     # experiments.py start_distribution_iter = 3000 (prototypes from iteration 0)
+        "head": "sepico",       # experiments.py num_convs = 2; mmseg/models/decode_heads/proj_head.py
+        "ema_alpha": 0.999,     # configs/_base_/uda/sepico.py alpha=0.999 (the EMA model, head included)
+        "ema_bn": "batch",      # mmseg/models/uda/sepico.py: EMA model in train mode; _update_ema: parameters
+        "reg_weight": 1.0,      # experiments.py id 6: use_reg = True, reg_relative_weight = 1.0
+        "source_aug": True,     # configs/_base_/uda/sepico.py enable_strong_aug=True; sepico.py
+    }},
+}
+SCALES["paper"]["aux_overlay"] = AUX_RECIPE
+
 # SYNTHIA -> Cityscapes: the paper scale with SYNTHIA as the source (DAFormer
 # configs/_base_/datasets/uda_synthia_to_cityscapes_512x512.py: Resize (1280, 760), otherwise identical) and
 # the 16-class protocol. A scale of its own, so every study and run config runs on it unchanged
@@ -153,6 +178,7 @@ for _arch in ("daformer", "segformer"):
 SCALES["paper-synthia"] = {
     "resources": SCALES["paper"]["resources"],
     "arch_overlay": SCALES["paper"]["arch_overlay"],
+    "aux_overlay": SCALES["paper"]["aux_overlay"],
     "overlay": deep_merge(SCALES["paper"]["overlay"], {
         "data": {"source": {"name": "synthia", "root": "datasets/synthia", "resize": [1280, 760]}},
         "eval": {"protocol": "16"},
@@ -160,12 +186,24 @@ SCALES["paper-synthia"] = {
 }
 
 
-def scale_overlay(name: str, arch: str | None = None) -> dict[str, Any]:
-    """The config overlay of scale `name` (with the scale's recipe for `arch`, when given)."""
+def scale_overlay(name: str, arch: str | None = None, aux: Iterable[str] = ()) -> dict[str, Any]:
+    """The config overlay of scale `name` (with the scale's recipe for `arch`, when given, and for each
+    auxiliary task named in `aux`, the tasks the run enables: `raw_aux`)."""
     if name not in SCALES:
         raise ConfigError(f"unknown scale '{name}'{closest(name, SCALES)}; valid: {', '.join(SCALES)}")
     scale = SCALES[name]
     overlay = copy.deepcopy(scale["overlay"])
     if arch is not None and arch in scale["arch_overlay"]:
         overlay = deep_merge(overlay, scale["arch_overlay"][arch])
+    tasks = {t: scale["aux_overlay"][t] for t in aux if t in scale.get("aux_overlay", {})}
+    if tasks:
+        overlay = deep_merge(overlay, {"method": {"aux": tasks}})
     return overlay
+
+
+def raw_aux(data: Any) -> list[str]:
+    """The auxiliary tasks a raw (not yet validated) config enables (`method.aux` keys); [] when the
+    config is malformed there (validation names the problem later)."""
+    method = data.get("method") if isinstance(data, dict) else None
+    aux = method.get("aux") if isinstance(method, dict) else None
+    return [k for k in aux if isinstance(k, str)] if isinstance(aux, dict) else []

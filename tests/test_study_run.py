@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "studies" / "configs"
 GATE = "UDABENCH_TEST_GATE"  # a folder where the blocking train below waits
 TAGS = {"study", "trial_id", "git_commit", "git_dirty", "data_hash", "config_hash", "python", "torch", "cuda",
-        "device", "scale"}
+        "cpu", "cpu_capability", "device", "scale", "runtime.precision", "runtime.grad_scaler"}
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +103,7 @@ def test_smoke_study_four_trials_both_architectures_tracked_in_mlflow(ray_local,
         tags = r.data.tags
         assert TAGS <= set(tags), TAGS - set(tags)
         assert tags["study"] == "four" and tags["scale"] == "smoke" and tags["device"] == "cpu"
+        assert tags["runtime.precision"] == "fp32" and tags["runtime.grad_scaler"] == "false"
         assert tags["axis.arch"] == trial.point["arch"] and tags["axis.seed"] == str(trial.point["seed"])
         assert len(tags["data_hash"]) == 16 and tags["git_commit"] != ""
         assert r.info.run_name == trial.name
@@ -410,3 +411,21 @@ def test_resume_of_a_run_whose_train_function_moved_says_what_to_do(tmp_path):
         resume_study(study_file, tmp_path, experiment=exp)
     assert main(["study", "resume", str(study_file), "--root", str(tmp_path), "--scale", "smoke"]) == 2
     assert sorted(p.name for p in exp.iterdir()) == [META_FILE]  # nothing written
+
+
+def test_weights_kept_by_iteration_travel_in_the_trials_tune_checkpoint(ray_local, project):
+    """`checkpoint_keep: all` in a study: the newest Tune checkpoint folder of a trial holds the kept
+    weights of every evaluation (the trial's working folder is removed when it ends)."""
+    from harness.cli import main
+    from harness.engine import checkpoint as ckpt
+
+    path = write_study(project, "kept", """
+        description: weights kept by iteration
+        config: @CONFIGS@/daformer.yaml
+        grid: {seed: [0]}
+        """)
+    assert main(["study", "run", str(path), "--scale", "smoke", "--root", str(project),
+                 "--set", "checkpoint_keep=all"]) == 0
+    [folder] = [p for p in (project / "ray_results").glob("kept.smoke.*/trial_*/checkpoint_*") if p.is_dir()]
+    assert sorted(p.name for p in folder.glob("iter_*.pt")) == ["iter_000002.pt", "iter_000004.pt"]
+    assert ckpt.load(folder / "iter_000002.pt")["iteration"] == 2

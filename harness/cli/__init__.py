@@ -19,6 +19,7 @@ COMMANDS = (
     "harness.cli.data",
     "harness.cli.models",
     "harness.cli.weights",
+    "harness.cli.recipe",
     "harness.cli.train",
     "harness.cli.eval",
     "harness.cli.study",

@@ -38,6 +38,22 @@ def register(subparsers) -> None:
     p.add_argument("--jobs", type=int, default=0, metavar="N",
                    help="write up to N studies' folders side by side in worker processes (default 0: one "
                         "per CPU other processes leave idle; 1: all in this process)")
+    p.add_argument("--select", default="last", metavar="RULE",
+                   help="which evaluation (checkpoint) of each run the tables report: last (default), oracle "
+                        "(each run's best target mIoU: uses target labels, labelled oracle selection), or a "
+                        "label-free criterion the runs logged: entropy, im, teacher_agreement, consistency. "
+                        "Every page also has a selection table comparing the criteria")
+    p.add_argument("--against", default=None, metavar="REFERENCE",
+                   help="compare every run with a reference (references/*.yaml, or a committed report "
+                        "folder / its tables/trials.csv): runs outside the reference's band, collapsed "
+                        "classes, environment differences; a table on each page and a summary here "
+                        "(exit 0 even when runs are flagged)")
+    p.add_argument("--export-reference", default=None, type=Path, metavar="OUT",
+                   help="write a reference file (YAML) from the committed results tables given as STUDY "
+                        "arguments (report folders such as reports/gap, or their tables/trials.csv), "
+                        "and nothing else")
+    p.add_argument("--reference-name", default=None, metavar="NAME",
+                   help="the name written into --export-reference's file (default: the file's stem)")
     p.set_defaults(func=run)
 
 
@@ -56,6 +72,9 @@ def check_out(out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from harness.errors import UsageError
+
+    if args.export_reference is not None:
+        return export_reference(args)
     from harness.report.page import build_reports
     from harness.report.runs import ReportError, ReportOptions
 
@@ -68,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--scale {scale} and --scale {value}: one scale for all studies, or STUDY=SCALE")
         else:
             scale = value
+    from harness.report.selection import check_rule
+
+    try:
+        check_rule(args.select)  # before any work
+    except ReportError as e:
+        raise UsageError(str(e)) from None
     if args.jobs < 0:
         raise UsageError(f"--jobs {args.jobs}: expected 0 (one per CPU) or a positive number of processes")
     opts = ReportOptions(out=args.out, tracking_uri=args.tracking_uri, allow_mixed=args.allow_mixed,
@@ -79,14 +104,42 @@ def run(args: argparse.Namespace) -> int:
     from harness.report.runs import resolve_tracking_uri
     from harness.study.tracking import store_errors
 
+    against = None
+    if args.against:
+        from harness.report.against import Against, load_reference
+
+        against = Against(load_reference(args.against))  # a malformed reference: exit 2 before any work
     start = time.perf_counter()
     try:
         with store_errors(resolve_tracking_uri(args.tracking_uri)):  # a damaged store: one line, exit 2
-            pages = build_reports(args.studies or None, opts, command=command.strip())
+            pages = build_reports(args.studies or None, opts, command=command.strip(), against=against,
+                                  rule=args.select)
     except ReportError as e:
         raise UsageError(str(e)) from None
     for path in pages:
         print(path)
     print(f"{len(pages)} report(s), metrics in {Path(opts.out) / 'metrics.json'} "
           f"({time.perf_counter() - start:.1f} s)")
+    if against is not None:
+        print("\n".join(against.summary()))
+    return 0
+
+
+def export_reference(args: argparse.Namespace) -> int:
+    """`--export-reference OUT TABLE ...`: a reference file from committed results tables."""
+    from harness.errors import UsageError
+    from harness.report.against import dump_reference, table_reference
+
+    if not args.studies:
+        raise UsageError("--export-reference: expected committed results tables as arguments "
+                         "(report folders such as reports/gap, or their tables/trials.csv)")
+    out = Path(args.export_reference)
+    name = args.reference_name or out.stem
+    ref = table_reference([Path(a) for a in args.studies], name=name,
+                          description=f"Committed results of this project: {', '.join(args.studies)}")
+    command = "udabench report " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if (
+        len(sys.argv) > 1 and sys.argv[1] == "report") else f"udabench report --export-reference {out}"
+    dump_reference(ref, out, command)
+    runs = sum(len(c.runs) for c in ref.cells)
+    print(f"{out}: {len(ref.cells)} reference entries, {runs} runs")
     return 0

@@ -23,7 +23,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     from harness.study.runner import (
         ORDERS,  # light: harness.study.runner imports ray and mlflow only when used
     )
-
     p = sub.add_parser(
         "study", help="run, resume and inspect studies (Ray Tune + MLflow)",
         description="Studies are YAML files (studies/*.yaml) naming a base run config and a grid of "
@@ -113,12 +112,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    from harness.study.session import TRIAL_NICENESS
+
     p.add_argument("study", metavar="STUDY", help="study file (studies/*.yaml)")
     p.add_argument("--root", default=".", help="project folder: data paths, mlruns/, ray_results/ "
                                                "(default: the current directory)")
     p.add_argument("--address", help="join this Ray cluster (host:port) instead of starting Ray")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     p.add_argument("--num-gpus", type=int, help="GPUs of the local Ray (default: all)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's output (its `== Status ==` block, log records) and every trial's output "
+                        "lines on the console, as event lines; by default they go to files in the Tune "
+                        "experiment folder (ray.log, trial_*/output.log) and the console shows one table of "
+                        "the trials (a terminal) or one line per trial event (a log file)")
+    p.add_argument("--nice", type=int, default=TRIAL_NICENESS, metavar="N",
+                   help="run the trials N niceness steps below the study's own priority, as `nice -n N` "
+                        "(0-19; default: %(default)s, the trials at this command's priority; Ray's own "
+                        "default would be 15). With --address: below the Ray node that starts them")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -179,29 +189,44 @@ def _report(outcome, root: str) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.study import tracking
     from harness.study.runner import run_study
+    from harness.study.session import check_niceness
 
+    check_niceness(args.nice)
     study = _load(args, args.scale)
     tracking.check_store(tracking.tracking_uri(args.root), write=True)  # a damaged store: before Ray starts
     return _report(run_study(study, args.root, args.address, force=args.force, cover=args.cover,
-                             num_cpus=args.num_cpus, num_gpus=args.num_gpus, order=args.order), args.root)
+                             num_cpus=args.num_cpus, num_gpus=args.num_gpus, order=args.order,
+                             verbose=args.verbose, nice=args.nice), args.root)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from harness.study.runner import resume_study
+    from harness.study.session import check_niceness
 
+    check_niceness(args.nice)
     return _report(resume_study(args.study, args.root, args.scale, args.address, args.num_cpus,
-                                args.num_gpus, args.experiment), args.root)
+                                args.num_gpus, args.experiment, verbose=args.verbose, nice=args.nice), args.root)
 
 
 def status_rows(study, root: str = ".") -> list[dict[str, Any]]:
-    """One row per trial: axes, state (pending when never run), best target mIoU, time, run id. A trial's
-    run is the best-ended, then latest, of its runs on the data it would read now; failing that, of its
-    runs on other data, shown as e.g. 'FINISHED (other data)' (`study run` runs such a trial again)."""
+    """One row per trial (`harness.study.console.TrialState.row`): axes, state (pending when never run),
+    iteration, loss, best target mIoU, img/s, time, ETA, run id. A trial's run is the best-ended, then
+    latest, of its runs on the data it would read now; failing that, of its runs on other data, shown as
+    e.g. 'FINISHED (other data)' (`study run` runs such a trial again)."""
+    return [t.row() for t in trial_states(study, root)]
+
+
+def trial_states(study, root: str = ".") -> list:
+    """The trials of a study as the MLflow store (and, for a running trial, its output file in the Tune
+    experiment folder: the engine's progress lines) record them now: the rows of the study's console."""
+    import contextlib
     import math
     import time
+    from pathlib import Path
 
+    from harness.study import console as live
     from harness.study import tracking
-    from harness.study.runner import data_hashes
+    from harness.study.runner import RESULTS_DIR, data_hashes
 
     uri = tracking.tracking_uri(root)
     tracking.check_store(uri)  # status only reads: an empty, damaged or older store is refused, not changed
@@ -209,22 +234,36 @@ def status_rows(study, root: str = ".") -> list[dict[str, Any]]:
     runs = tracking.search(uri, exp, f"tags.scale = '{study.scale}'") if exp else []
     rank = {"FINISHED": 3, "RUNNING": 2, "FAILED": 1, "KILLED": 0}
 
-    def row(point: dict[str, Any], run, data: str | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = dict(point)
+    def state(point: dict[str, Any], run, data: str | None = None, cfg=None) -> live.TrialState:
+        t = live.TrialState(dict(point))
+        with contextlib.suppress(Exception):  # a point that does not resolve: no schedule
+            cfg = cfg or study.resolve(point)
+            t.iterations, t.images_per_step = cfg.schedule.iterations, 2 * cfg.data.batch_size
         if run is None:
-            return {**out, "state": "pending", "best_target_miou": None, "time_s": None, "run_id": ""}
+            return t
         info = run.info
         end = info.end_time or int(time.time() * 1000)
         best = tracking.best_metric(uri, info.run_id, "target_miou")
-        state = info.status if on_data(run, data) else f"{info.status} (other data)"
-        return {**out, "state": state, "best_target_miou": None if math.isnan(best) else round(best, 2),
-                "time_s": round((end - info.start_time) / 1000, 1), "run_id": info.run_id[:8]}
+        t.state = info.status if on_data(run, data) else f"{info.status} (other data)"
+        t.best = None if math.isnan(best) else best
+        t.time_s, t.run_id = (end - info.start_time) / 1000, info.run_id[:8]
+        progress = {}
+        if info.status == "RUNNING":
+            folder = Path(root).resolve() / RESULTS_DIR / run.data.tags.get("ray_experiment", "?")
+            progress = _progress(live.output_path(folder, run.data.tags.get("trial_id", "?")))
+        if not progress:
+            m = run.data.metrics
+            losses = [v for k, v in m.items() if k.startswith("loss/")]
+            progress = {"iteration": m.get("iteration"), "img_s": m.get("throughput"),
+                        "loss": sum(losses) if losses else None}
+        t.update(progress)
+        return t
 
     def on_data(run, data: str | None) -> bool:  # unknown data now (missing): any run counts
         return data is None or run.data.tags.get("data_hash") == data
 
     if study.is_search:
-        return [row({k: v for k, v in tracking.iter_tags(r, "axis.")}, r)
+        return [state({k: v for k, v in tracking.iter_tags(r, "axis.")}, r)
                 for r in sorted(runs, key=lambda r: r.info.start_time)]
     trials = study.trials()
     now = dict(zip([t.hash for t in trials], data_hashes([t.config for t in trials], root))) if runs else {}
@@ -238,31 +277,55 @@ def status_rows(study, root: str = ".") -> list[dict[str, Any]]:
         h = r.data.tags.get("config_hash")
         if h not in best or key(r) > key(best[h]):
             best[h] = r
-    return [row(t.point, best.get(t.hash), now.get(t.hash)) for t in trials]
+    return [state(t.point, best.get(t.hash), now.get(t.hash), t.config) for t in trials]
+
+
+def _progress(path) -> dict[str, Any]:
+    """The latest progress of a running trial's current attempt, from its output file (the last 64 KB)."""
+    from harness.study.console import parse_line
+
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 65536))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return {}
+    found: dict[str, Any] = {}
+    for line in text.splitlines():
+        line = line.rsplit("\r", 1)[-1]
+        if line.startswith("--- udabench: trial "):  # a new attempt starts
+            found = {}
+        elif (values := parse_line(line)) is not None and "loss" in values:
+            found = values
+    return found
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    import pandas as pd
-
+    from harness.study import console as live
     from harness.study import tracking
 
     study = _load(args, args.scale)
     with tracking.store_errors(tracking.tracking_uri(args.root)):  # a store failing mid-read: one line
-        rows = status_rows(study, args.root)
+        states = trial_states(study, args.root)
+    rows = [t.row() for t in states]
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
-    frame = pd.DataFrame(rows)
     if args.format == "csv":
-        print(frame.to_csv(index=False), end="")
+        import csv
+
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        writer = csv.DictWriter(sys.stdout, keys, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
         return 0
-    counts = frame["state"].value_counts().to_dict() if len(frame) else {}
-    print(f"study '{study.name}' at scale '{study.scale}': {len(frame)} trial(s); "
-          + ", ".join(f"{v} {k.lower()}" for k, v in counts.items()))
-    if len(frame):
-        print(frame.astype(object).where(frame.notna(), "-").to_string(index=False))
+    running = sum(t.running for t in states)
+    eta = f"; ETA of the study {live.fmt_duration(live.study_eta(states, running))}" if running else ""
+    print(f"study '{study.name}' at scale '{study.scale}': {len(rows)} trial(s); {live.counts(states)}{eta}")
+    for line in live.format_table(rows):
+        print(line)
     return 0
 
 

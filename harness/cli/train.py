@@ -32,10 +32,10 @@ def resolve_config(args: argparse.Namespace):
         overrides.append(f"output={args.output}")
     extra = None
     if args.scale:
-        from harness.scales import scale_overlay
+        from harness.scales import raw_aux, scale_overlay
 
         raw = apply_overrides(load_raw(args.config) if args.config else {}, overrides)
-        extra = scale_overlay(args.scale, raw_arch(raw))
+        extra = scale_overlay(args.scale, raw_arch(raw), raw_aux(raw))
     return load_config(args.config, overrides, extra=extra)
 
 

@@ -3,7 +3,9 @@
 Per iteration: one source batch and one target batch -> `host.step` (its losses, back-propagated one
 by one in the recipe's order; pseudo-labels for the tasks) -> each auxiliary task's losses, weighted by
 its lambda -> optimiser step -> EMA update. Every `eval.interval` iterations (and at the end): evaluate
-the student on the target validation split, write a checkpoint, call `on_eval`.
+the student on the target validation split, write a checkpoint, call `on_eval`. Every `log_interval`
+iterations (multiples of it, so a resumed run logs the same steps; and at the end): call `on_log` with
+the means since the previous log (losses, `stat/*`, throughput, step time, lr), for dense curves.
 
 Determinism: the sample drawn at position k of the stream is a pure function of (seed, k), so a run
 resumed from a checkpoint sees exactly the data an uninterrupted run sees; with the RNG states in the
@@ -29,6 +31,7 @@ from torch import nn
 
 from harness.config import RunConfig, save_config, without_later_defaults
 from harness.engine import checkpoint as ckpt
+from harness.engine import runtime
 from harness.engine.resolve import RecipeWarning, recipe_warnings
 from harness.errors import UsageError
 from harness.labels import CLASSES, NUM_CLASSES
@@ -37,6 +40,7 @@ MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
 
 OnEval = Callable[[int, dict[str, float], Path], None]
+OnLog = Callable[[int, dict[str, float]], None]
 
 
 class TrainingDiverged(RuntimeError):
@@ -137,7 +141,7 @@ class _Range(torch.utils.data.Sampler):
             k += 1
 
 
-def _loader(dataset, batch_size: int, workers: int, start_sample: int, seed: int):
+def _loader(dataset, batch_size: int, workers: int, start_sample: int, seed: int, pin_memory: bool = False):
     def init(worker_id: int) -> None:
         s = seed * 1000 + worker_id
         random.seed(s)
@@ -148,7 +152,7 @@ def _loader(dataset, batch_size: int, workers: int, start_sample: int, seed: int
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=_Range(start_sample), num_workers=workers,
         worker_init_fn=init if workers else None, persistent_workers=False, drop_last=True,
-        generator=torch.Generator().manual_seed(seed))
+        generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -211,18 +215,20 @@ def build_optimizer(cfg: RunConfig, model: nn.Module, aux: nn.ModuleDict) -> tor
 class Trainer:
     """Builds everything a run needs from its config; `run()` trains, evaluates and checkpoints."""
 
-    def __init__(self, cfg: RunConfig, on_eval: OnEval | None = None, progress: bool | None = None) -> None:
+    def __init__(self, cfg: RunConfig, on_eval: OnEval | None = None, progress: bool | None = None,
+                 on_log: OnLog | None = None) -> None:
         from harness.data import build_dataset
         from harness.data.io import DataError
         from harness.models import create_segmentor
         from methods import AUX_TASKS, HOSTS
 
-        self.cfg, self.on_eval, self.progress = cfg, on_eval, progress
+        self.cfg, self.on_eval, self.progress, self.on_log = cfg, on_eval, progress, on_log
         self.device = pick_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
-        torch.backends.cudnn.deterministic = not cfg.cudnn_benchmark
+        # autocast dtype, GradScaler, cuDNN, pinned memory, eval batch: resolved for this device, then applied
+        self.settings = runtime.settings_for(cfg, self.device)
+        runtime.apply_settings(self.settings)
         seed_everything(cfg.seed)
         self.out = Path(cfg.output).resolve()
 
@@ -239,8 +245,7 @@ class Trainer:
         s = cfg.schedule
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, poly_warmup(s.iterations, s.warmup, s.warmup_ratio, s.power))
-        self.amp = cfg.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.settings.grad_scaler)  # fp16 autocast only
 
         d = cfg.data
         source = build_dataset(d.source, crop=d.crop, flip=d.flip, seed=cfg.seed,
@@ -255,6 +260,9 @@ class Trainer:
         target.check_crop("data.target")
         self.source_stream = SampleStream(source, cfg.seed, rcs, min_crop_ratio=d.rcs_min_crop_ratio)
         self.target_stream = SampleStream(target, cfg.seed + 1)
+        sel = cfg.selection  # label-free selection criteria: on the first target-train images, whole
+        self.criteria_set = (torch.utils.data.Subset(build_dataset(d.target), range(min(sel.images, len(target))))
+                             if sel.images and sel.criteria else None)
         self.mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1)
         self.iteration = 0
@@ -276,7 +284,9 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
-        free = ("output", "name", "device", "threads", "log_interval", "checkpoint_interval")
+        free = ("output", "name", "device", "threads", "log_interval", "checkpoint_interval",
+                "cudnn_benchmark", "deterministic",  # kernel choice: a run may resume with other kernels
+                "checkpoint_keep", "selection")  # what is kept and logged beside the run, not what it computes
         saved = {k: v for k, v in without_later_defaults(state["config"]).items() if k not in free}
         mine = {k: v for k, v in without_later_defaults(self.cfg.to_dict()).items() if k not in free}
         if saved != mine:
@@ -288,7 +298,8 @@ class Trainer:
         self.aux.load_state_dict(state["aux"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if self.scaler.is_enabled() and state["scaler"]:  # empty: written without fp16 (CPU, bf16)
+            self.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
         self.iteration = int(state["iteration"])
         self.history = list(state.get("history", []))
@@ -298,36 +309,49 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------------
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.to(self.device, non_blocking=True).float() - self.mean) / self.std
+        return (images.to(self.device, non_blocking=self.settings.non_blocking).float() - self.mean) / self.std
 
     def step(self, src: dict[str, Any], tgt: dict[str, Any], sums: dict[str, float]) -> None:
         from methods.base import StepContext
 
         it = self.iteration
 
+        pending: list[torch.Tensor] = []  # losses sharing a graph a task reuses: one backward at the end
+
         def backward(name: str, loss: torch.Tensor, retain_graph: bool = False) -> None:
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrainingDiverged(f"loss '{name}' is {value} at iteration {it}")
-            self.scaler.scale(loss).backward(retain_graph=retain_graph)
             sums[name] += value
+            if retain_graph and ctx.reuse:  # the graph is shared with a later loss: back-propagate the
+                pending.append(loss)        # sum once, so the shared encoder pass is traversed once
+                return
+            self.scaler.scale(loss).backward(retain_graph=retain_graph)
 
         ctx = StepContext(
             iteration=it,
             source_image=self._normalise(src["image"]),
-            source_label=src["label"].to(self.device, non_blocking=True),
+            source_label=src["label"].to(self.device, non_blocking=self.settings.non_blocking),
             target_image=self._normalise(tgt["image"]),
-            target_label=tgt["label"].to(self.device, non_blocking=True),
+            target_label=tgt["label"].to(self.device, non_blocking=self.settings.non_blocking),
             student=self.model, mean=self.mean, std=self.std)
+        aux = self.cfg.method.aux  # the host keeps the encoder passes this step's tasks reuse (methods/base.py)
+        ctx.reuse = frozenset().union(*(t.reuses for n, t in self.aux.items()
+                                        if it >= aux[n].start_iter and aux[n].weight != 0))
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with runtime.autocast(self.settings):
             self.host.step(ctx, backward)
             for name, task in self.aux.items():
                 spec = self.cfg.method.aux[name]
                 if it < spec.start_iter or spec.weight == 0:
                     continue
                 for key, loss in task(ctx).items():
-                    backward(f"{name}/{key}", spec.weight * loss)
+                    backward(f"{name}/{key}", spec.weight * loss, retain_graph=bool(ctx.reuse))
+            if pending:
+                self.scaler.scale(torch.stack([p.float() for p in pending]).sum()).backward()
+                pending.clear()
+            for key in ctx.reuse:  # the last task is done: free the host's retained graphs
+                ctx.extras.pop(key, None)
         if self.cfg.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -343,22 +367,29 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        from harness.engine.evaluation import evaluate
+        from harness.engine.evaluation import evaluate, val_loader
 
-        e = self.cfg.eval
-        loader = torch.utils.data.DataLoader(self.val, batch_size=1, shuffle=False,
-                                             num_workers=self.cfg.data.workers)
+        e, s = self.cfg.eval, self.settings
+        loader = val_loader(self.val, s.eval_batch_size, self.cfg.data.workers, s.pin_memory)
         was_training = self.model.training
         self.model.eval()
         try:
             res = evaluate(self.model, loader, self.device, mode=e.mode, crop=e.crop, stride=e.stride,
-                           mean=MEAN, std=STD, max_images=e.max_images)
+                           mean=MEAN, std=STD, max_images=e.max_images, autocast_dtype=s.autocast_dtype)
         finally:
             self.model.train(was_training)
         out = {"target_miou": 100 * res["miou"], "target_miou16": 100 * res["miou16"],
                "target_miou13": 100 * res["miou13"], "pixel_acc": 100 * res["pixel_acc"]}
         for name, iou in zip(CLASSES, res["iou"]):
             out[metric_key(name)] = 100 * float(iou)  # NaN: class absent from GT and prediction
+        if self.criteria_set is not None:  # `criterion/<name>`, on target-train images without their labels
+            from harness.engine import criteria
+
+            out.update(criteria.compute(
+                self.model, torch.utils.data.DataLoader(  # its own generator: the global RNG stays untouched
+                    self.criteria_set, batch_size=1, generator=torch.Generator()), self.device,
+                self.cfg.selection.criteria, teacher=getattr(self.host, "teacher", None), mode=e.mode,
+                crop=e.crop, stride=e.stride, mean=MEAN, std=STD))
         return out
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -368,14 +399,18 @@ class Trainer:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out / "config.yaml")
+        runtime.record(self.settings, self.device, self.out / "config.yaml")
         total = cfg.schedule.iterations
         bs = cfg.data.batch_size
-        src_iter = iter(_loader(self.source_stream, bs, cfg.data.workers, self.iteration * bs, cfg.seed))
+        pin = self.settings.pin_memory
+        src_iter = iter(_loader(self.source_stream, bs, cfg.data.workers, self.iteration * bs, cfg.seed, pin))
         tgt_iter = iter(_loader(self.target_stream, bs, cfg.data.workers, self.iteration * bs,
-                                cfg.seed + 1))
+                                cfg.seed + 1, pin))
         self.model.train()
-        sums: dict[str, float] = defaultdict(float)
+        sums: dict[str, float] = defaultdict(float)  # since the previous evaluation
         steps, t_start = 0, time.perf_counter()
+        window: dict[str, float] = defaultdict(float)  # since the previous log (on_log)
+        w_steps, w_time, w_start = 0, 0.0, t_start  # w_time: the window's time before an evaluation
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         bar = tqdm(total=total, initial=self.iteration, desc=cfg.name, unit="it", dynamic_ncols=True,
@@ -386,9 +421,14 @@ class Trainer:
         try:
             while self.iteration < total:
                 src, tgt = next(src_iter), next(tgt_iter)
-                self.step(src, tgt, sums)
+                step_sums: dict[str, float] = defaultdict(float)
+                self.step(src, tgt, step_sums)
+                for k, v in step_sums.items():  # one value per name a step: sums as if added directly
+                    sums[k] += v
+                    window[k] += v
                 self.iteration += 1
                 steps += 1
+                w_steps += 1
                 bar.update(1)
                 plain = plain_every and self.iteration % plain_every == 0
                 if steps % cfg.log_interval == 0 or self.iteration == total or plain:
@@ -399,8 +439,15 @@ class Trainer:
                     if plain:
                         print(f"[{cfg.name}] {self.iteration}/{total} ({100 * self.iteration // total}%) "
                               f"loss {loss:.3f}, {img_s:.1f} img/s", file=sys.stderr, flush=True)
+                if self.on_log is not None and (self.iteration % cfg.log_interval == 0 or self.iteration == total):
+                    now = time.perf_counter()
+                    logged = self._means(window, w_steps, w_time + now - w_start)
+                    window.clear()
+                    w_steps, w_time, w_start = 0, 0.0, now  # the log's own cost counts in the next window
+                    self.on_log(self.iteration, logged)
                 if self.iteration % cfg.eval.interval == 0 or self.iteration == total:
                     elapsed = time.perf_counter() - t_start
+                    w_time += time.perf_counter() - w_start  # evaluation time is no training time
                     metrics = self.evaluate()
                     metrics.update({(k if k.startswith("stat/") else f"loss/{k}"): v / steps
                                     for k, v in sums.items()})
@@ -417,15 +464,25 @@ class Trainer:
                         path = self.save()
                     else:
                         path = self.out / "checkpoint" / ckpt.FILENAME
+                    ckpt.keep(self.cfg.to_dict(), self.iteration, self.model, metrics, path.parent, cfg.checkpoint_keep)
                     bar.write(f"[{cfg.name}] iteration {self.iteration}/{total}: "
                               f"target mIoU {metrics['target_miou']:.2f}")
                     if self.on_eval is not None:
                         self.on_eval(self.iteration, metrics, path.parent)
                     sums.clear()
                     steps, t_start = 0, time.perf_counter()
+                    w_start = t_start
         finally:
             bar.close()
         return metrics
+
+    def _means(self, sums: dict[str, float], steps: int, elapsed: float) -> dict[str, float]:
+        """What `on_log` receives: `loss/<name>` and `stat/<name>` means over the window's `steps`
+        steps, `throughput` (images/s, source + target), `step_time` (s) and the encoder's `lr`."""
+        out = {(k if k.startswith("stat/") else f"loss/{k}"): v / steps for k, v in sums.items()}
+        out.update({"step_time": elapsed / steps, "throughput": 2 * self.cfg.data.batch_size * steps / elapsed,
+                    "lr": self.optimizer.param_groups[0]["lr"]})
+        return out
 
     def _peak_mem_mb(self) -> float:
         if self.device.type == "cuda":
@@ -434,8 +491,9 @@ class Trainer:
 
 
 def train(cfg: RunConfig, on_eval: OnEval | None = None, resume: str | Path | None = None,
-          progress: bool | None = None) -> dict[str, float]:
-    """Train one run; return the final evaluation's metrics. `resume`: a checkpoint file or folder."""
+          progress: bool | None = None, on_log: OnLog | None = None) -> dict[str, float]:
+    """Train one run; return the final evaluation's metrics. `resume`: a checkpoint file or folder.
+    `on_log(iteration, means)`: every `cfg.log_interval` iterations (`Trainer.run`)."""
     state = None
     if resume is not None:  # read (and refuse) the checkpoint before anything is built or written
         try:
@@ -445,7 +503,10 @@ def train(cfg: RunConfig, on_eval: OnEval | None = None, resume: str | Path | No
         if not isinstance(state, dict) or not {"config", "model", "iteration"} <= set(state):
             raise UsageError(f"--resume: {ckpt.resolve(resume)}: not a udabench training checkpoint "
                              "(expected a dict with 'config', 'model' and 'iteration')")
-    trainer = Trainer(cfg, on_eval=on_eval, progress=progress)
+        if "optimizer" not in state:  # an evaluation's kept weights (checkpoint_keep): deployable, not resumable
+            raise UsageError(f"--resume: {ckpt.resolve(resume)}: the weights kept at one evaluation "
+                             f"(checkpoint_keep), without optimiser state; resume from {ckpt.FILENAME}")
+    trainer = Trainer(cfg, on_eval=on_eval, progress=progress, on_log=on_log)
     if state is not None:
         try:
             trainer.load_state_dict(state, str(ckpt.resolve(resume)))

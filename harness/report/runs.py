@@ -499,7 +499,8 @@ def tidy(df: pd.DataFrame, study: str, opts: ReportOptions, selection: Selection
         raise ReportError(f"study '{study}': no finished run logged the metric '{metric}'")
 
     provenance = {}
-    for tag in ("git_commit", "git_dirty", "data_hash", "scale", "device", "torch", "python"):
+    for tag in ("git_commit", "git_dirty", "data_hash", "scale", "device", "cpu", "cpu_capability", "torch",
+                "python"):
         col = f"tags.{tag}"
         if col in df:
             provenance[tag] = ", ".join(sorted(df[col].dropna().astype(str).unique())) or MISSING

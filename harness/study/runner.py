@@ -12,8 +12,10 @@ of the study that a dead driver left RUNNING are closed (KILLED, tag `error` say
 or `study resume` starts and ends, whichever the user runs after a crash. Results:
 `<root>/ray_results/<study>.<scale>.<time>/` with `udabench.json` (what was run, for `study resume`).
 
-The Ray session a study runs in (loopback only, no orphans) is `harness.study.session`; what runs in
-each trial's worker is `harness.study.trainable`.
+The Ray session a study runs in (loopback only, no orphans, trials at the driver's priority unless
+`nice`) is `harness.study.session`; what runs in each trial's worker is `harness.study.trainable`; what
+the study prints while it runs (a live table, or event lines; Ray's and the trials' output in files of
+the experiment folder) is `harness.study.console`.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import RunConfig
+from harness.study import console as live
 from harness.study.load import load_study
-from harness.study.session import patched_environ, ray_session
-from harness.study.trainable import TRAIN_FN, TrialSpec, import_train_fn, trainable, trial_dirname
+from harness.study.session import TRIAL_NICENESS, patched_environ, ray_session
+from harness.study.trainable import TRAIN_FN, TrialSpec, import_train_fn, trial_dirname
 from harness.study.trials import Study, Trial, absolutize, point_name
 
 RESULTS_DIR = "ray_results"
@@ -64,13 +67,24 @@ class Outcome:
 
 
 def _tuner(study: Study, spec: TrialSpec, trials: list[Trial] | None, results: Path, name: str,
-           restore: bool = False, num_samples: int | None = None):
+           restore: bool = False, num_samples: int | None = None, console: live.Console | None = None,
+           verbose: bool = True):
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     resources = study.resources()
-    fn = tune.with_resources(tune.with_parameters(trainable, spec=spec), resources)
+    # live.trainable: the trial's output to trial_<id>/output.log, then harness.study.trainable.trainable
+    fn = tune.with_resources(tune.with_parameters(live.trainable, spec=spec), resources)
+    callbacks = [JsonLoggerCallback()]  # result.json per trial (the auto loggers are off in harness.env)
+    if console is not None:
+        callbacks.append(live.callback(console))
     if restore:
-        return tune.Tuner.restore(str(results / name), trainable=fn, resume_errored=True)
+        tuner = tune.Tuner.restore(str(results / name), trainable=fn, resume_errored=True)
+        # the run config comes back from the experiment: this run's console and verbosity instead
+        run_config = getattr(getattr(tuner, "_local_tuner", None), "get_run_config", lambda: None)()
+        if run_config is not None:
+            run_config.callbacks, run_config.verbose = callbacks, 1 if verbose else 0
+        return tuner
     search = study.spec.search
     searcher = None
     if search is not None:
@@ -86,15 +100,12 @@ def _tuner(study: Study, spec: TrialSpec, trials: list[Trial] | None, results: P
         trial_dirname_creator=_trial_dirname,
         reuse_actors=True,  # a finished trial's process runs the next one: no second import of torch/timm
     )
-    from ray.tune.logger import JsonLoggerCallback
-
     run_config = tune.RunConfig(
-        name=name, storage_path=str(results),
-        callbacks=[JsonLoggerCallback()],  # result.json per trial (the auto loggers are off in harness.env)
+        name=name, storage_path=str(results), callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=study.spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         sync_config=tune.SyncConfig(sync_period=2),
-        verbose=1,
+        verbose=1 if verbose else 0,  # 1: Ray's `== Status ==` block every few seconds (--verbose)
     )
     return tune.Tuner(fn, param_space=study.param_space(trials), tune_config=tune_config,
                       run_config=run_config)
@@ -129,16 +140,56 @@ def _sigterm_as_sigint() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def _fit(tuner, study: Study, spec: TrialSpec, outcome: Outcome) -> Outcome:
-    """Run the tuner; then count from MLflow (the record of truth) what finished, failed or was cut
-    short, and close the runs of trials that cannot report any more (also after a second Ctrl-C)."""
+def _console(study: Study, path: Path, planned: int, verbose: bool, niceness: int | None) -> live.Console:
+    """The study's console (harness.study.console), its first lines printed: where the output goes."""
+    import ray
+
+    from harness.study.session import session_logs
+
+    need, have = study.resources(), ray.cluster_resources()
+    slots = min(int(have.get("CPU", 1) // need["cpu"]) if need["cpu"] else planned,
+                int(have.get("GPU", 0) // need["gpu"]) if need["gpu"] else planned,
+                study.spec.max_concurrent or planned, max(planned, 1))
+
+    def describe(point: dict[str, Any]) -> tuple[int, int]:
+        cfg = study.resolve(point)
+        return cfg.schedule.iterations, 2 * cfg.data.batch_size  # a step reads a source and a target batch
+
+    link = path / live.SESSION_LINK
+    if (logs := session_logs()) is not None:
+        with contextlib.suppress(OSError):
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to(logs, target_is_directory=True)
+    unsampled = planned if study.is_search else 0
+    console = live.Console(study.name, path, max(1, slots), unsampled=unsampled, verbose=verbose,
+                           describe=describe)
+    nice = f"; trials at niceness +{niceness} (--nice)" if niceness is not None else ""
+    console.header(f"udabench: study '{study.name}' at scale '{study.scale}': {planned} trial(s), up to "
+                   f"{max(1, slots)} at a time{nice}; Tune experiment {path}")
+    if not verbose:
+        console.header(f"udabench: Ray's and the trials' output: {path / live.RAY_LOG}, "
+                       f"{path / 'trial_*' / live.OUTPUT_FILE}, {link}/ (--verbose shows it here)")
+    return console
+
+
+def _fit(tuner_for, study: Study, spec: TrialSpec, outcome: Outcome, verbose: bool = False,
+         niceness: int | None = None) -> Outcome:
+    """Run the tuner (`tuner_for(console)`) under the study's console; then count from MLflow (the
+    record of truth) what finished, failed or was cut short, and close the runs of trials that cannot
+    report any more (also after a second Ctrl-C)."""
 
     results = None
+    path = Path(spec.experiment_path)
+    console = _console(study, path, outcome.planned, verbose, niceness)
     try:
+        tuner = tuner_for(console)
         # we snapshot every 2 s on purpose (TUNE_GLOBAL_CHECKPOINT_S): Tune's "too frequent" warning is noise
-        with _sigterm_as_sigint(), patched_environ({"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}):
+        with _sigterm_as_sigint(), live.ray_output_to_file(path, verbose), \
+                patched_environ({"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}):
             results = tuner.fit()
     finally:
+        console.close()
         _close_runs(results, spec, outcome)
     return outcome
 
@@ -275,10 +326,12 @@ def data_hashes(configs: list[RunConfig], root: str | Path) -> list[str | None]:
 
 def run_study(study: Study, root: str | Path = ".", address: str | None = None, force: bool = False,
               cover: bool = False, num_cpus: int | None = None, num_gpus: int | None = None,
-              train_fn: str = TRAIN_FN, order: str = "file") -> Outcome:
+              train_fn: str = TRAIN_FN, order: str = "file", verbose: bool = False,
+              nice: int = TRIAL_NICENESS) -> Outcome:
     """Run the study's trials that have not finished yet (all with `force`) as one Tune experiment,
     started in file order or, with `order="longest"`, the costliest first (measured here:
-    `harness.study.estimate.longest_first`)."""
+    `harness.study.estimate.longest_first`). `verbose`: Ray's and the trials' output on the console
+    too (`harness.study.console`); `nice`: the trials' niceness above the driver's (a Ray we start)."""
     from harness.study import tracking
 
     root = Path(root).resolve()
@@ -331,7 +384,7 @@ def run_study(study: Study, root: str | Path = ".", address: str | None = None, 
     name = f"{study.name}.{study.scale}.{time.strftime('%Y%m%d-%H%M%S')}"
     while (results / name).exists():
         name += "x"
-    with ray_session(root, address, num_cpus, num_gpus):
+    with ray_session(root, address, num_cpus, num_gpus, worker_niceness=nice, log_to_driver=verbose) as started:
         _check_resources(study)  # before anything is written
         exp_id = tracking.ensure_experiment(uri, study.name, root)
         close_orphaned_runs(uri, exp_id, study.name)
@@ -344,8 +397,9 @@ def run_study(study: Study, root: str | Path = ".", address: str | None = None, 
             "resources": study.resources(),
         })
         spec = _spec(study, root, uri, exp_id, results / name, train_fn)
-        tuner = _tuner(study, spec, trials, results, name, num_samples=outcome.planned)
-        return _fit(tuner, study, spec, outcome)
+        return _fit(lambda console: _tuner(study, spec, trials, results, name, num_samples=outcome.planned,
+                                           console=console, verbose=verbose),
+                    study, spec, outcome, verbose, nice if started else None)
 
 
 def latest_experiment(root: str | Path, study_name: str, scale: str | None = None) -> Path | None:
@@ -359,7 +413,8 @@ def latest_experiment(root: str | Path, study_name: str, scale: str | None = Non
 
 def resume_study(study_file: str | Path, root: str | Path = ".", scale: str | None = None,
                  address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
-                 experiment: str | Path | None = None) -> Outcome:
+                 experiment: str | Path | None = None, verbose: bool = False,
+                 nice: int = TRIAL_NICENESS) -> Outcome:
     """Restore the latest (or the given) Tune experiment of a study and finish it: finished trials are
     kept, errored and interrupted ones continue from their last checkpoint."""
     from ray import tune
@@ -391,12 +446,13 @@ def resume_study(study_file: str | Path, root: str | Path = ".", scale: str | No
         print(f"udabench: {path.name} saved no experiment state yet; running the study again "
               "(finished trials are skipped)")
         return run_study(study, root, address, force=False, cover=meta.get("cover", False),
-                         num_cpus=num_cpus, num_gpus=num_gpus, train_fn=train_fn)
+                         num_cpus=num_cpus, num_gpus=num_gpus, train_fn=train_fn, verbose=verbose, nice=nice)
     spec = _spec(study, root, meta["tracking_uri"], meta["experiment_id"], path, train_fn)
     outcome.planned = meta["planned"]
     study.spec.resources = Resources(**meta["resources"])
-    with ray_session(root, address, num_cpus, num_gpus):
+    with ray_session(root, address, num_cpus, num_gpus, worker_niceness=nice, log_to_driver=verbose) as started:
         _check_resources(study)
         close_orphaned_runs(spec.tracking_uri, spec.experiment_id, study.name)
-        tuner = _tuner(study, spec, None, path.parent, path.name, restore=True)
-        return _fit(tuner, study, spec, outcome)
+        return _fit(lambda console: _tuner(study, spec, None, path.parent, path.name, restore=True,
+                                           console=console, verbose=verbose),
+                    study, spec, outcome, verbose, nice if started else None)

@@ -15,6 +15,11 @@ Ray sends nothing off this machine. A Ray we start (`ray_session` without an add
 cluster that `--address` joins can be started the same way. tests/test_network.py checks all this
 with `strace -f -e trace=connect,sendto,sendmsg,sendmmsg`.
 
+Priority: Ray starts its workers at niceness +15 (its `worker_niceness`), so any other work on the
+machine outranks the trials and their timings measure the load. Our trials run at the driver's priority
+(`worker_niceness=0`, `RAY_worker_niceness` in the job's runtime_env) unless `study run --nice N` asks
+for less (tests/test_study_console.py reads it in a real trial).
+
 No orphans: `ray.shutdown()` runs in a `finally`; SIGTERM is turned into Tune's graceful SIGINT
 stop. Every process of a Ray we start carries `UDABENCH_RAY_OWNER=<driver pid>:<start time>` in its
 environment. A SIGKILLed driver runs no `finally`: its raylet and workers end within 3 s, but Ray's
@@ -43,6 +48,8 @@ from pathlib import Path
 RESULTS_DIR = "ray_results"
 RAY_HOME = ".ray_home"
 OWNER_ENV = "UDABENCH_RAY_OWNER"
+TRIAL_NICENESS = 0  # trials at the driver's priority (Ray's own default puts its workers at +15)
+MAX_NICENESS = 19
 
 # For every Ray process we start, and for `ray start` nodes (see the module docstring).
 RAY_ENV = {
@@ -220,14 +227,33 @@ def patched_environ(updates: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def check_niceness(value: int) -> int:
+    """A trial niceness (`ray_session(worker_niceness=...)`): 0-19, added to the driver's (nice(2))."""
+    from harness.errors import UsageError
+
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_NICENESS:
+        raise UsageError(f"--nice: expected an integer from 0 (the trials at the study driver's priority) "
+                         f"to {MAX_NICENESS} (only idle CPU time), got {value!r}")
+    return value
+
+
 @contextlib.contextmanager
 def ray_session(root: str | Path = ".", address: str | None = None, num_cpus: int | None = None,
-                num_gpus: int | None = None) -> Iterator[bool]:
+                num_gpus: int | None = None, worker_niceness: int = TRIAL_NICENESS,
+                log_to_driver: bool = True) -> Iterator[bool]:
     """Ray for a study: joins `address` (an existing cluster), or starts a local Ray that talks only on
     127.0.0.1; yields whether this call started it. An already initialised Ray is used as it is.
-    Ray is shut down on the way out (also on errors and Ctrl-C) and nothing of ours is left running."""
+    Ray is shut down on the way out (also on errors and Ctrl-C) and nothing of ours is left running.
+
+    `worker_niceness`: what Ray's worker processes (the trials) add to their niceness when they start
+    (Ray's `worker_niceness`, 15 unless set; set here per job with `RAY_worker_niceness` in the
+    runtime_env, so it holds for a joined cluster too): 0 runs the trials at the priority of the Ray node
+    that starts them, i.e. of this driver for a local Ray. `log_to_driver`: whether Ray copies its
+    workers' output to this process's console."""
     import logging
 
+    check_niceness(worker_niceness)
+    job_env = {"RAY_worker_niceness": str(worker_niceness)}
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         yield False
         return
@@ -245,10 +271,12 @@ def ray_session(root: str | Path = ".", address: str | None = None, num_cpus: in
             with patched_environ({**RAY_ENV, **LOCAL_ENV, "HOME": str(ray_home(root)), OWNER_ENV: mark}):
                 rc.ENABLE_RAY_CLUSTER = False  # read by ray at import time, and ray is imported already
                 ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                         logging_level=logging.WARNING, runtime_env={"env_vars": {"HOME": user_home}})
+                         logging_level=logging.WARNING, log_to_driver=log_to_driver,
+                         runtime_env={"env_vars": {"HOME": user_home, **job_env}})
         else:
             with patched_environ(RAY_ENV):
-                ray.init(address=address, logging_level=logging.WARNING)
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver,
+                         runtime_env={"env_vars": job_env})
     except BaseException:
         rc.ENABLE_RAY_CLUSTER = cluster_flag
         if mark is not None:  # what ray.init started before it failed
@@ -270,6 +298,12 @@ def ray_session(root: str | Path = ".", address: str | None = None, num_cpus: in
             if left:
                 _terminate(left)
         _stop_watchdog(watchdog)
+
+
+def session_logs() -> Path | None:
+    """The logs folder of the Ray session this process is connected to (raylet, GCS, worker output)."""
+    found = _session_dir()
+    return found / "logs" if found is not None and (found / "logs").is_dir() else None
 
 
 def _session_dir() -> Path | None:

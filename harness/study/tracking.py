@@ -10,12 +10,17 @@ a damaged, foreign or older-schema one before Ray starts; `store_errors` makes a
 One run per trial, in the experiment named after the study (the schema in ARCHITECTURE.md):
 - params: the flattened resolved config (`model.arch`, `method.aux.mfm.options.mask_ratio`, ...);
 - metrics: every evaluation's metrics (`target_miou`, `iou/<class>`, `loss/<name>`, `throughput`, ...)
-  with step = iteration;
+  with step = iteration; and, every `log_interval` iterations, the training means since the previous
+  log under `train/` (`train/loss/<name>`, `train/stat/pseudo_weight`, `train/throughput`,
+  `train/step_time`, `train/lr`; `TrialRun.log_train`), for the report's dense curves. The prefix keeps
+  the evaluation's metrics (the means since the previous evaluation, which the tables read as each run's
+  latest value) apart from the dense ones, which would otherwise share their names and steps;
 - tags: `study`, `trial_id`, `axis.<name>`, `git_commit`, `git_dirty`, `data_hash`, `config_hash`,
   `python`, `torch`, `cuda`, `device`, `scale`; also `trial_name`, `ray_experiment`, `node_id`, `node_ip`,
   `attempt`, `resumed_from_checkpoint`, `study_file_hash`, `driver` (the study driver that ran the trial:
-  `<pid>:<start time>@<host>`), `steps_not_relogged` (steps a resumed trial computed again but did not
-  log, the run holding them already), and `error` on a failed or killed run;
+  `<pid>:<start time>@<host>`), `steps_not_relogged` (evaluations a resumed trial computed again but did
+  not log, the run holding them already), `train_steps_not_relogged` (the same for the `train/` logs), and
+  `error` on a failed or killed run;
 - artifacts: `config.yaml` (the resolved config) and `per_class.csv` (the final per-class IoU).
 """
 
@@ -37,6 +42,7 @@ TRACKING_DIR = "mlruns"
 STORE_FILE = "mlflow.db"
 ARTIFACT_DIR = "artifacts"
 MAX_TAG = 4000  # characters kept of a long tag value (an error message)
+TRAIN = "train/"  # prefix of the dense training metrics (TrialRun.log_train)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,10 +150,24 @@ def git_state(root: str | Path) -> tuple[str, str]:
 
 
 def software_tags() -> dict[str, str]:
+    """Python, torch and CUDA versions, and the CPU with the instruction set torch's kernels use: the
+    same config and seed give the same bits on the CPU only with the same kernels (with oneDNN limited
+    to AVX2 on this machine's AVX-512 CPU, the smoke DAFormer+MFM run's source loss already differs in
+    its 7th digit after 4 steps; README "Determinism")."""
     import torch
 
     return {"python": platform.python_version(), "torch": torch.__version__,
-            "cuda": torch.version.cuda or "none"}
+            "cuda": torch.version.cuda or "none", "cpu": cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux; platform.processor() elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or "unknown"
 
 
 def data_hash(cfg) -> str:
@@ -180,12 +200,17 @@ class TrialRun:
     """The MLflow run of one study trial; re-opening the same trial (a retry or a restored study)
     continues the same run. A run takes each step once: a re-opened run knows the last step it holds
     (`last_step`) and `log_metrics` skips steps at or below it (a trial that restarts from an earlier
-    point than its run holds computes those evaluations again; the run keeps the values it has)."""
+    point than its run holds computes those evaluations again; the run keeps the values it has). The
+    dense `train/` logs keep their own last step (`last_train_step`, `log_train`): a trial killed between
+    the `train/` log and the evaluation of one iteration logs that evaluation when it comes again."""
 
-    def __init__(self, uri: str, run_id: str, resumed: bool, last_step: int = -1) -> None:
+    def __init__(self, uri: str, run_id: str, resumed: bool, last_step: int = -1,
+                 last_train_step: int = -1) -> None:
         self.uri, self.run_id, self.resumed, self.last_step = uri, run_id, resumed, last_step
+        self.last_train_step = last_train_step
         self.client = client(uri)
         self.skipped: list[int] = []  # steps not logged again (the run held them already)
+        self.train_skipped: list[int] = []  # the same for log_train
 
     @classmethod
     def open(cls, uri: str, experiment_id: str, trial_id: str, ray_experiment: str, run_name: str,
@@ -199,7 +224,8 @@ class TrialRun:
             run_id = found[0].info.run_id
             c.update_run(run_id, status="RUNNING")
             c.log_batch(run_id, tags=[RunTag(k, str(v)[:MAX_TAG]) for k, v in tags.items()])
-            return cls(uri, run_id, resumed=True, last_step=last_step(uri, found[0]))
+            evaluated, logged = last_steps(uri, found[0])
+            return cls(uri, run_id, resumed=True, last_step=evaluated, last_train_step=logged)
         run = c.create_run(experiment_id, run_name=run_name,
                            tags={**{k: str(v)[:MAX_TAG] for k, v in tags.items()}, "trial_id": trial_id,
                                  "ray_experiment": ray_experiment})
@@ -215,20 +241,34 @@ class TrialRun:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> bool:
         """Log one evaluation at `step`; False (nothing logged) when the run holds that step already."""
-        import time
-
-        from mlflow.entities import Metric
-
         if int(step) <= self.last_step:
             self.skipped.append(int(step))
             self.set_tags({"steps_not_relogged": ",".join(map(str, self.skipped))})
             return False
         self.last_step = int(step)
+        self._log(metrics, int(step))
+        return True
+
+    def log_train(self, metrics: dict[str, float], step: int) -> bool:
+        """Log the training means of one `log_interval` window (the engine's `on_log`) at `step`, each
+        name under `train/`, in one `log_batch` call; False when the run holds that step already."""
+        if int(step) <= self.last_train_step:
+            self.train_skipped.append(int(step))
+            self.set_tags({"train_steps_not_relogged": steps_text(self.train_skipped)})
+            return False
+        self.last_train_step = int(step)
+        self._log({TRAIN + k: v for k, v in metrics.items()}, int(step))
+        return True
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if _finite(v)]
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if _finite(v)]
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
-        return True
 
     def finish(self, config: dict[str, Any], metrics: dict[str, float]) -> None:
         import csv
@@ -250,11 +290,23 @@ class TrialRun:
         mark_failed(self.uri, self.run_id, error, status)
 
 
-def last_step(uri: str, run) -> int:
-    """The highest step of any metric the run holds (-1 when it holds none)."""
+def last_steps(uri: str, run) -> tuple[int, int]:
+    """The highest step of any evaluation metric and of any `train/` metric the run holds (-1 when it
+    holds none)."""
     c = client(uri)
-    return max((m.step for key in run.data.metrics for m in c.get_metric_history(run.info.run_id, key)),
-               default=-1)
+    last = {False: -1, True: -1}
+    for key in run.data.metrics:
+        steps = [m.step for m in c.get_metric_history(run.info.run_id, key)]
+        dense = key.startswith(TRAIN)
+        last[dense] = max([last[dense], *steps])
+    return last[False], last[True]
+
+
+def steps_text(steps: list[int]) -> str:
+    """'10,20,30' for up to 20 steps; '10,20,...,900 (90 steps)' for more (a tag stays short)."""
+    if len(steps) <= 20:
+        return ",".join(map(str, steps))
+    return f"{steps[0]},{steps[1]},...,{steps[-1]} ({len(steps)} steps)"
 
 
 def close_orphaned_runs(uri: str, experiment_id: str, alive, why) -> list:

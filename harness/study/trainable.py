@@ -1,11 +1,14 @@
 """One study trial as a Ray Tune function trainable: resolve its config, open its MLflow run
 (`harness.study.tracking`), call the training engine and, after every evaluation, log the metrics and
-report them to Tune with the checkpoint (`tune.report(..., checkpoint=...)`). A retried or restored
+report them to Tune with the checkpoint (`tune.report(..., checkpoint=...)`); every `log_interval`
+iterations, log the training means since the previous log to MLflow under `train/` (the engine's
+`on_log`, `TrialRun.log_train`; MLflow only: Tune hears of evaluations). A retried or restored
 trial continues in the same MLflow run from its newest readable checkpoint: `tune.get_checkpoint()`, or
 a newer one already in the trial's folder (the worker writes a checkpoint there before the driver hears
 of it: a driver killed in between restores an experiment state without it). A run takes each step once
 (`tracking.TrialRun.log_metrics`): evaluations a trial computes again, having restarted from an earlier
-point than its run holds, are reported to Tune but not logged again (tag `steps_not_relogged`).
+point than its run holds, are reported to Tune but not logged again (tag `steps_not_relogged`; the
+`train/` logs likewise, tag `train_steps_not_relogged`).
 """
 
 from __future__ import annotations
@@ -53,6 +56,15 @@ def import_train_fn(path: str):
     return getattr(importlib.import_module(module), name)
 
 
+def takes_on_log(fn) -> bool:
+    """Whether a train function takes `on_log` (the engine's does; a test's wrapper may not, and then
+    its trials log evaluations only)."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    return "on_log" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def _checkpoint_index(folder: Path) -> int:
     """Tune's checkpoint folders are `checkpoint_<index>` (index rising through the trial's life)."""
     tail = folder.name.removeprefix("checkpoint_")
@@ -88,6 +100,7 @@ def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
 
     from ray import tune
 
+    from harness.engine.runtime import settings_for
     from harness.engine.training import pick_device
     from harness.study import tracking
 
@@ -103,6 +116,7 @@ def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
         "study": study.name, "scale": study.scale, "config_hash": cfg.hash(),
         "trial_name": point_name(point), "git_commit": spec.git_commit, "git_dirty": spec.git_dirty,
         "device": str(pick_device(cfg.device)), **_node_tags(),
+        **settings_for(cfg, pick_device(cfg.device)).as_params(),  # precision, GradScaler, cudnn as resolved
         "study_file_hash": study.text_hash, **tracking.software_tags(),
         **{f"axis.{k}": str(v) for k, v in point.items()},  # exact (a sampled float in full)
     }
@@ -123,6 +137,10 @@ def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
             shutil.copytree(checkpoint, resume)
         else:
             checkpoint.to_directory(str(resume))
+        kept = workdir / "run" / "checkpoint"  # the weights kept so far go on with the run
+        for path in resume.glob("iter_*.pt"):
+            kept.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, kept / path.name)
     attempt = 1
     if run.resumed:
         prev = run.client.get_run(run.run_id).data.tags
@@ -133,17 +151,25 @@ def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
 
     def on_eval(iteration: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         run.log_metrics(metrics, step=iteration)
-        src = Path(checkpoint_dir) / "checkpoint.pt"
+        # the training checkpoint, and the weights kept by iteration (`checkpoint_keep`): Tune keeps the
+        # newest checkpoint folder only, so each folder carries every kept file so far
+        files = [Path(checkpoint_dir) / "checkpoint.pt", *sorted(Path(checkpoint_dir).glob("iter_*.pt"))]
         with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-            try:
-                os.link(src, Path(tmp) / src.name)
-            except OSError:
-                shutil.copy2(src, Path(tmp) / src.name)
+            for src in files:
+                try:
+                    os.link(src, Path(tmp) / src.name)
+                except OSError:
+                    shutil.copy2(src, Path(tmp) / src.name)
             tune.report({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
                         checkpoint=tune.Checkpoint.from_directory(tmp))
 
+    def on_log(iteration: int, metrics: dict[str, float]) -> None:
+        run.log_train(metrics, step=iteration)
+
     try:
-        final = import_train_fn(spec.train_fn)(train_cfg, on_eval=on_eval, resume=str(resume) if resume else None)
+        train_fn = import_train_fn(spec.train_fn)
+        dense = {"on_log": on_log} if takes_on_log(train_fn) else {}
+        final = train_fn(train_cfg, on_eval=on_eval, resume=str(resume) if resume else None, **dense)
         if data_hash is None:
             try:
                 run.set_tags({"data_hash": tracking.data_hash(train_cfg)})

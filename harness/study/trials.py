@@ -93,13 +93,13 @@ class Study:
 
     def raw(self, point: dict[str, Any]) -> dict[str, Any]:
         """The merged raw config of a point (not validated)."""
-        from harness.scales import scale_overlay
+        from harness.scales import raw_aux, scale_overlay
 
         overlays: dict[str, Any] = {}
         for name, value in point.items():
             overlays = deep_merge(overlays, self.axes[name].overlay(value))
         probe = apply_overrides(deep_merge(self.base, overlays), self.overrides)
-        data = deep_merge(self.base, scale_overlay(self.scale, raw_arch(probe)))
+        data = deep_merge(self.base, scale_overlay(self.scale, raw_arch(probe), raw_aux(probe)))
         return apply_overrides(deep_merge(data, overlays), self.overrides)
 
     def resolve(self, point: dict[str, Any]) -> RunConfig:
