@@ -122,7 +122,7 @@ def measure(kind: str, args: argparse.Namespace, data_root: Path, rep: int) -> d
     concurrent = 2 if kind == "study x2" else 1
     root, study = project(args.workdir, f"{kind.replace(' ', '_')}-{rep}", data_root, args.trials, concurrent)
     overrides = [f"schedule.iterations={args.iterations}", f"eval.interval={args.iterations}",
-                 f"eval.max_images={args.eval_images}"]
+                 f"eval.max_images={args.eval_images}", f"log_interval={args.log_interval}"]
     token = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update({TOKEN: token, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=4, help="trials (seeds) per measurement")
     p.add_argument("--iterations", type=int, default=10, help="training iterations per trial")
     p.add_argument("--eval-images", type=int, default=2, help="validation images per evaluation")
+    p.add_argument("--log-interval", type=int, default=20,
+                   help="iterations between training logs (study trials send them to MLflow; the cpu scale's 20)")
     p.add_argument("--scale", default="smoke", help="scale preset of the trials (default smoke)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--data-size", type=int, default=64, help="synthetic images are 2*size x size")
@@ -224,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": "benchmarks/bench_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "settings": {"trials": args.trials, "iterations": args.iterations, "scale": args.scale,
+                     "log_interval": args.log_interval,
                      "eval_images": args.eval_images, "repeats": args.repeats, "data_size": args.data_size},
         "environment": {"python": sys.version.split()[0], "cpus": os.cpu_count(),
                         "load_avg_1m_at_end": os.getloadavg()[0]},

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -58,7 +59,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "inference": Benchmark("Inference parity: host vs host + MFM trained models", "bench_inference.py",
                            ["--iterations", "4", "--repeats", "30"]),
     "overhead": Benchmark("Harness overhead: a plain loop over train() vs `udabench study run`; 2 concurrent trials",
-                          "bench_overhead.py", ["--trials", "4", "--iterations", "100", "--repeats", "1"]),
+                          "bench_overhead.py", ["--trials", "4", "--iterations", "800", "--repeats", "1"]),
     "hardware": Benchmark("Training FLOP/s (checked FLOP counter) beside the float32 matmul rate", "bench_hardware.py",
                           ["--mm-size", "2048", "--steps", "4"]),
     "report": Benchmark("Report: time to build every report from 1,000 runs in MLflow", "bench_report.py",
@@ -158,6 +159,14 @@ def headline(name: str, r: dict[str, Any]) -> str:
                                         f"{x['gflops_cpu']:.0f} GFLOP/s of CPU time" for x in r["rows"])
     if name == "report":
         return f"report: {r['report_s_median']:.1f} s for {r['runs']} runs"
+    if name == "aux_step":
+        return "MFM vs MIC at the cpu scale: extra step CPU time / MIC's extra: " + ", ".join(
+            f"{x['variant']} x{x['extra_vs_mic']:.2f}" for x in r["rows"] if x.get("extra_vs_mic") is not None)
+    if name == "aux_flops":
+        base = next(x["gflop"] for x in r["rows"] if x["variant"] == "dacs")
+        mic = next(x["gflop"] for x in r["rows"] if x["variant"] == "+mic") - base
+        return (f"MFM vs MIC at the paper's size ({r['size']}x{r['size']}, FLOPs): extra / MIC's extra: " + ", ".join(
+            f"{x['variant']} x{(x['gflop'] - base) / mic:.2f}" for x in r["rows"] if x["variant"].startswith("+mfm")))
     return name
 
 
@@ -190,7 +199,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="extra", action="append", default=[], metavar="NAME=FLAG",
                    help="an extra flag for one benchmark, e.g. aux=--repeats=3 (repeatable)")
     p.add_argument("--out", type=Path, default=ROOT / "reports", help="folder for benchmarks.md/.json")
+    p.add_argument("--page-only", action="store_true",
+                   help="rewrite benchmarks.md from benchmarks.json (its command and time) without running anything")
     args = p.parse_args(argv)
+    if args.page_only:
+        stored = json.loads((args.out / "benchmarks.json").read_text())
+        text = page(stored["benchmarks"], stored["command"])
+        when = stored["written"].replace("T", " ")[:16] + " UTC" + stored["written"][19:]
+        text = re.sub(r"(Written by `[^`]*` on )[^(]*\(", lambda m: f"{m.group(1)}{when} (", text, count=1)
+        write_atomic(args.out / "benchmarks.md", text + "\n")
+        return 0
 
     extra: dict[str, list[str]] = {n: [] for n in BENCHMARKS}
     for item in args.extra:

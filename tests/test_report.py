@@ -300,3 +300,34 @@ at_scale:
     assert select(path, ["cpu"]).cut == ("At scale `cpu` this is the study's `at_scale.cpu` cut (seed 0): 2 of "
                                          "the grid's 7 trials; the description above is the whole study.")
     assert select(path, ["smoke"]).cut == ""
+
+
+def test_cost_table_shows_the_load_its_timings_were_taken_under(store, tmp_path):
+    """Study trials log the 5-minute load average at each evaluation; the cost table shows its mean and
+    max per row beside the timings, and runs logged without it get no load column."""
+    from mlflow import MlflowClient
+
+    _, old_out = store
+    assert "load_avg_5min:mean" not in pd.read_csv(old_out / "abl_0" / "tables" / "cost.csv").columns
+    assert "load (5 min)" not in (old_out / "abl_0" / "tables" / "cost.md").read_text()
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _bench().fill_store(uri, n_runs=8, studies=1, evals=2, prefix="load", failed=0)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("load_0")
+    loads = {}
+    for k, run in enumerate(client.search_runs([exp.experiment_id])):
+        loads[run.info.run_id] = 0.5 + k
+        client.log_metric(run.info.run_id, "load_avg_5min", 0.5 + k, step=1)
+    out = tmp_path / "reports"
+    assert main(["report", "load_0", "--tracking-uri", uri, "--out", str(out)]) == 0
+    cost = pd.read_csv(out / "load_0" / "tables" / "cost.csv")
+    assert cost["load_avg_5min:mean"].notna().all()
+    runs = pd.read_csv(out / "load_0" / "tables" / "trials.csv")
+    assert cost["runs"].sum() == len(runs) == len(loads)
+    # every run's load counted once: the run-weighted mean of the rows is the mean over runs
+    weighted = (cost["load_avg_5min:mean"] * cost["runs"]).sum() / cost["runs"].sum()
+    assert weighted == pytest.approx(statistics.mean(loads.values()))
+    assert cost["load_avg_5min:max"].max() == max(loads.values())
+    assert "load (5 min)" in (out / "load_0" / "tables" / "cost.md").read_text()
+    assert "5-minute load average" in (out / "load_0" / "README.md").read_text()

@@ -115,7 +115,7 @@ def test_smoke_study_four_trials_both_architectures_tracked_in_mlflow(ray_local,
         assert [m.step for m in history] == [2, 4]
         keys = set(r.data.metrics)
         assert {"target_miou", "target_miou16", "target_miou13", "pixel_acc", "throughput", "step_time",
-                "peak_mem_mb", "iteration"} <= keys
+                "peak_mem_mb", "iteration", "load_avg_5min"} <= keys  # the load beside the timings
         assert {k for k in keys if k.startswith("loss/")} and 0 <= r.data.metrics["target_miou"] <= 100
         # artifacts: the resolved config and the final per-class table
         folder = Path(client.download_artifacts(r.info.run_id, "", str(project / "dl" / r.info.run_id)))

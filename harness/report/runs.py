@@ -29,6 +29,7 @@ METRIC_LABEL = {"target_miou": "mIoU", "target_miou16": "mIoU16", "target_miou13
                 "pixel_acc": "pixel acc."}
 PERCENT_METRICS = ("target_miou", "target_miou16", "target_miou13", "pixel_acc")  # logged in %
 COST_METRICS = ("step_time", "throughput", "peak_mem_mb")
+LOAD_METRIC = "load_avg_5min"  # logged by study trials at each evaluation (harness/study/trainable.py)
 IDENTITY = ("architecture", "host", "aux")
 NO_AUX = "none"
 HOST_ORDER = ("source_only", "dacs", "oracle")
@@ -491,6 +492,8 @@ def tidy(df: pd.DataFrame, study: str, opts: ReportOptions, selection: Selection
         col = f"metrics.{m}"
         values = pd.to_numeric(df[col], errors="coerce") if col in df else pd.Series(np.nan, df.index)
         out[m] = values.astype(float)
+    if f"metrics.{LOAD_METRIC}" in df:  # runs logged before it have none: no load column then
+        out[LOAD_METRIC] = pd.to_numeric(df[f"metrics.{LOAD_METRIC}"], errors="coerce").astype(float)
     for c in df.columns:
         if c.startswith("metrics.loss/"):
             out[c[len("metrics."):]] = pd.to_numeric(df[c], errors="coerce")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.report.runs import COST_METRICS, NO_AUX, StudyData
+from harness.report.runs import COST_METRICS, LOAD_METRIC, NO_AUX, StudyData
 
 
 def summarize(data: StudyData, metrics: Sequence[str]) -> pd.DataFrame:
@@ -107,6 +107,10 @@ def cost_table(data: StudyData) -> pd.DataFrame:
     """Mean cost per group and its ratio to the host without an auxiliary task (ratio of means)."""
     s = summarize(data, COST_METRICS)
     runs = data.runs
+    if LOAD_METRIC in runs and runs[LOAD_METRIC].notna().any():  # the load the timings were taken under
+        load = summarize(data, (LOAD_METRIC,))
+        s[f"{LOAD_METRIC}:mean"] = load[f"{LOAD_METRIC}:mean"].to_numpy()
+        s[f"{LOAD_METRIC}:max"] = runs.groupby(data.group_cols, sort=False, dropna=False)[LOAD_METRIC].max().to_numpy()
     base = runs[runs["aux"] == NO_AUX].groupby(["architecture", "host"])[list(COST_METRICS)].mean()
     ref = base.reindex(pd.MultiIndex.from_frame(s[["architecture", "host"]])).to_numpy()
     for i, m in enumerate(COST_METRICS):

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from harness.labels import CLASSES
-from harness.report.runs import COST_METRICS, METRIC_LABEL, NO_AUX, StudyData, iou_metric
+from harness.report.runs import COST_METRICS, LOAD_METRIC, METRIC_LABEL, NO_AUX, StudyData, iou_metric
 from harness.report.stats import LOWER_BOUND
 
 _TEX = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
@@ -261,6 +261,13 @@ def cost_display(data: StudyData, cost: pd.DataFrame) -> Table:
     keep = [*data.group_cols, "runs", *(f"{m}:{s}" for m in COST_METRICS for s in ("mean", "std", "n", "ratio"))]
     note = ("Training cost per method: mean ± std over runs; '× host' is the ratio of means to the same "
             "architecture and host without an auxiliary task (timings depend on machine load).")
+    if f"{LOAD_METRIC}:mean" in cost:
+        disp["load (5 min)"] = ["–" if np.isnan(r[f"{LOAD_METRIC}:mean"]) else
+                                f"{r[f'{LOAD_METRIC}:mean']:.1f} (max {r[f'{LOAD_METRIC}:max']:.1f})"
+                                for _, r in cost.iterrows()]
+        keep += [f"{LOAD_METRIC}:mean", f"{LOAD_METRIC}:max"]
+        note += (" Load: the machine's 5-minute load average at a run's last evaluation, mean and max over "
+                 "runs; timings taken under a load above the machine's CPU count compare poorly.")
     return Table("cost", "Training cost relative to the host", disp, cost[keep].copy(), note,
                  _labels(data))
 

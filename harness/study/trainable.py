@@ -23,6 +23,7 @@ from typing import Any
 
 from harness.study.trials import Study, absolutize, point_name
 
+LOAD_METRIC = "load_avg_5min"  # the 5-minute load average at each evaluation of a trial
 TRAIN_FN = "harness.engine.training:train"  # the function a trial calls (tests inject faults here)
 
 
@@ -150,7 +151,8 @@ def trainable(config: dict[str, Any], spec: TrialSpec) -> None:
     run.set_tags({"attempt": str(attempt), "resumed_from_checkpoint": str(resume is not None).lower()})
 
     def on_eval(iteration: int, metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        run.log_metrics(metrics, step=iteration)
+        # the machine's load beside the timings (the report's cost table shows it): not a result
+        run.log_metrics({**metrics, LOAD_METRIC: os.getloadavg()[1]}, step=iteration)
         # the training checkpoint, and the weights kept by iteration (`checkpoint_keep`): Tune keeps the
         # newest checkpoint folder only, so each folder carries every kept file so far
         files = [Path(checkpoint_dir) / "checkpoint.pt", *sorted(Path(checkpoint_dir).glob("iter_*.pt"))]
