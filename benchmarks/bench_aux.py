@@ -13,24 +13,28 @@ does not inflate, and as wall time, which it does.
     .venv/bin/python benchmarks/bench_aux.py --size 128 --batch 2 --steps 8 --repeats 3
 
 prints a Markdown table and writes JSON (default reports/bench_aux.json, written atomically). The
-synthetic data is generated once into --workdir (default /tmp/udabench-bench-aux) and reused.
+synthetic data is generated once into --workdir (default /tmp/udabench-bench-aux) and reused. The
+child processes, the timed steps and the report are benchmarks/_measure.py's (shared with
+bench_aux_step.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _measure import cell, first_cells, in_child, measure_all, ms, parser, preload, report, time_steps, values  # noqa: E402
 
 ARCHS = {"deeplabv2": "resnet18", "daformer": "pvt_v2_b0"}
 # variant -> method.aux (task name -> AuxConfig fields); defaults of the task otherwise.
@@ -82,10 +86,7 @@ def run_config(arch: str, variant: str, data_root: Path, size: int, batch: int, 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """One measurement in this (fresh) process: warm-up steps, then timed engine steps."""
-    from collections import defaultdict
-
     import torch
-    from torch.utils.data import default_collate
 
     from harness.engine.training import Trainer
     from harness.env import offline
@@ -96,25 +97,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
                      Path(args.workdir) / "runs" / f"{args.arch}-{args.variant.replace(' ', '_')}")
     trainer = Trainer(cfg, progress=False)
     trainer.model.train()
-    n = args.warmup + args.steps
-    b = args.batch
-    batches = [(default_collate([trainer.source_stream[k * b + i] for i in range(b)]),
-                default_collate([trainer.target_stream[k * b + i] for i in range(b)])) for k in range(n)]
+    batches = preload(trainer, args.warmup + args.steps, args.batch)
     base = rss_mb()
-    sums: dict[str, float] = defaultdict(float)
-    times, cpu_times = [], []
-    for k, (src, tgt) in enumerate(batches):
-        t0, c0 = time.perf_counter(), time.process_time()
-        trainer.step(src, tgt, sums)
-        trainer.iteration += 1
-        if k >= args.warmup:
-            times.append(time.perf_counter() - t0)
-            cpu_times.append(time.process_time() - c0)
+    timing, sums = time_steps(trainer, batches, args.warmup)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "arch": args.arch, "backbone": ARCHS[args.arch], "variant": args.variant,
-        "step_times": times, "step_time": statistics.median(times),
-        "step_cpu_times": cpu_times, "step_cpu_time": statistics.median(cpu_times),
+        "arch": args.arch, "backbone": ARCHS[args.arch], "variant": args.variant, **timing,
         "peak_rss_mb": peak, "rss_before_steps_mb": base,
         "model_params": sum(p.numel() for p in trainer.model.parameters()),
         "aux_params": sum(p.numel() for p in trainer.aux.parameters()),
@@ -123,20 +111,13 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_one(args: argparse.Namespace, arch: str, variant: str, data_root: Path) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--worker", "--arch", arch, "--variant", variant,
-           "--data-root", str(data_root), "--size", str(args.size), "--batch", str(args.batch),
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--workdir", str(args.workdir)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{arch} {variant}: worker failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return in_child(__file__, ["--arch", arch, "--variant", variant, "--data-root", str(data_root),
+                               "--size", str(args.size), "--batch", str(args.batch), "--steps", str(args.steps),
+                               "--warmup", str(args.warmup), "--workdir", str(args.workdir)], f"{arch} {variant}")
 
 
 def summarise(results: list[dict[str, Any]], archs: list[str], variants: list[str]) -> list[dict[str, Any]]:
-    def of(arch: str, v: str, key: str) -> list[float]:
-        return [r[key] for r in results if r["arch"] == arch and r["variant"] == v]
-
+    of = partial(values, results)  # of(arch, variant, key): that key of each repeat
     rows = []
     for arch in archs:
         base_t = statistics.median(of(arch, "dacs", "step_time"))
@@ -148,10 +129,8 @@ def summarise(results: list[dict[str, Any]], archs: list[str], variants: list[st
             rows.append({
                 "arch": arch, "backbone": ARCHS[arch], "variant": v, "repeats": len(t),
                 "aux_params_m": aux[0] / 1e6, "model_params_m": of(arch, v, "model_params")[0] / 1e6,
-                "step_ms": 1000 * statistics.median(t), "step_ms_min": 1000 * min(t),
-                "step_ms_max": 1000 * max(t), "step_ratio": statistics.median(t) / base_t,
-                "cpu_ms": 1000 * statistics.median(c), "cpu_ms_min": 1000 * min(c),
-                "cpu_ms_max": 1000 * max(c), "cpu_ratio": statistics.median(c) / base_c,
+                **ms("step_ms", t), "step_ratio": statistics.median(t) / base_t,
+                **ms("cpu_ms", c), "cpu_ratio": statistics.median(c) / base_c,
                 "peak_rss_mb": statistics.median(m), "peak_ratio": statistics.median(m) / base_m,
                 "peak_extra_mb": statistics.median(m) - base_m,
             })
@@ -164,28 +143,19 @@ def markdown(rows: list[dict[str, Any]]) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {r['arch']}/{r['backbone']} | {r['variant']} | {r['aux_params_m']:.2f} | "
-            f"{r['cpu_ms']:.0f} [{r['cpu_ms_min']:.0f}-{r['cpu_ms_max']:.0f}] | {r['cpu_ratio']:.2f} | "
-            f"{r['step_ms']:.0f} [{r['step_ms_min']:.0f}-{r['step_ms_max']:.0f}] | {r['step_ratio']:.2f} | "
-            f"{r['peak_rss_mb']:.0f} | {r['peak_ratio']:.2f} | {r['peak_extra_mb']:+.0f} |")
+            first_cells(r) + f"{cell(r, 'cpu_ms')} | {r['cpu_ratio']:.2f} | {cell(r, 'step_ms')} | "
+            f"{r['step_ratio']:.2f} | {r['peak_rss_mb']:.0f} | {r['peak_ratio']:.2f} | {r['peak_extra_mb']:+.0f} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, steps=8, warmup=2, repeats=3)
     p.add_argument("--size", type=int, default=128, help="square training crop (pixels)")
     p.add_argument("--batch", type=int, default=2, help="source and target batch size")
-    p.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    p.add_argument("--repeats", type=int, default=3, help="fresh processes per (architecture, variant)")
     p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--workdir", type=Path, default=Path("/tmp/udabench-bench-aux"))
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "bench_aux.json")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--arch", help=argparse.SUPPRESS)
-    p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--data-root", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -197,34 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     variants = ["dacs"] + [v for v in args.variants if v != "dacs"]
     args.workdir.mkdir(parents=True, exist_ok=True)
     data_root = ensure_data(args.workdir, args.size)
-    results = []
     t_start = time.perf_counter()
-    for rep in range(args.repeats):
-        for arch in args.archs:
-            for v in variants:
-                r = run_one(args, arch, v, data_root)
-                r["repeat"] = rep
-                results.append(r)
-                print(f"[{rep + 1}/{args.repeats}] {arch:9s} {v:18s} {1000 * r['step_cpu_time']:7.0f} ms CPU "
-                      f"{1000 * r['step_time']:7.0f} ms wall {r['peak_rss_mb']:6.0f} MiB", file=sys.stderr)
+    results = measure_all(
+        args.repeats, args.archs, variants, lambda arch, v: run_one(args, arch, v, data_root),
+        lambda v, r: (f"{v:18s} {1000 * r['step_cpu_time']:7.0f} ms CPU {1000 * r['step_time']:7.0f} ms wall "
+                      f"{r['peak_rss_mb']:6.0f} MiB"))
     rows = summarise(results, args.archs, variants)
-    table = markdown(rows)
-    print(table)
-    import torch
-
-    report = {
-        "command": "benchmarks/bench_aux.py " + " ".join(sys.argv[1:]),
-        "settings": {"size": args.size, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
-                     "repeats": args.repeats, "threads": 1, "device": "cpu"},
-        "environment": {"python": sys.version.split()[0], "torch": torch.__version__,
-                        "cpus": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0]},
-        "wall_time_s": time.perf_counter() - t_start,
-        "rows": rows, "runs": results, "markdown": table,
-    }
-    from harness.data.io import atomic_write_text
-
-    atomic_write_text(args.out, json.dumps(report, indent=1))
-    print(f"\nwrote {args.out}", file=sys.stderr)
+    settings = {"size": args.size, "batch": args.batch, "steps": args.steps, "warmup": args.warmup,
+                "repeats": args.repeats, "threads": 1, "device": "cpu"}
+    report(args.out, "bench_aux.py", argv, settings, t_start, rows, results, markdown(rows))
     return 0
 
 

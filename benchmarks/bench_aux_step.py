@@ -12,6 +12,9 @@ Every variant is a run config of studies/configs/ at `--scale cpu` (the same ove
     +mfm mixed no-reuse   image mixed, the task's `reuses` cleared: encodes the mixed image again
     +mfm tiny mixed       the tiny Rebuilder (1 block x 128) on the reused pass
     +mfm tiny             the tiny Rebuilder on its own target pass
+    +mfm small mixed      the small Rebuilder (2 blocks x 256: the width of pvt_v2_b0's deepest stage, as
+                          the paper's 512 is MiT-B5's) on the reused pass
+    +mfm small            the small Rebuilder on its own target pass
 
 So `+mfm mixed no-reuse` - `+mfm mixed` is the encoder pass saved, `+mfm mixed` - `+mfm tiny mixed` the
 base Rebuilder's share, and `+mfm tiny mixed` - `dacs` what is left (the extra decode and a tiny
@@ -27,7 +30,8 @@ task's cost that grows with its parameter count, whatever the image size).
     .venv/bin/python benchmarks/bench_aux_step.py --steps 20 --warmup 3 --repeats 3
 
 prints a Markdown table and writes JSON (default reports/bench_aux_step.json, atomically; its
-`markdown` entry is the table, the shape benchmarks/run_all.py renders).
+`markdown` entry is the table, the shape benchmarks/run_all.py renders). The child processes, the timed
+steps and the report are benchmarks/_measure.py's (shared with bench_aux.py).
 """
 
 from __future__ import annotations
@@ -37,14 +41,17 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _measure import cell, first_cells, in_child, measure_all, ms, parser, preload, report, time_steps, values  # noqa: E402
 
 CONFIGS = {"daformer": "studies/configs/daformer.yaml", "deeplabv2": "studies/configs/deeplabv2.yaml"}
 MIC = {"mim": {"weight": 1.0, "options": {"variant": "mic", "mask_ratio": 0.7, "block": 32}}}
@@ -63,6 +70,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], bool]] = {
     "+mfm mixed no-reuse": (_mfm(image="mixed"), True),
     "+mfm tiny mixed": (_mfm(image="mixed", preset="tiny"), False),
     "+mfm tiny": (_mfm(preset="tiny"), False),
+    "+mfm small mixed": (_mfm(image="mixed", preset="small"), False),
+    "+mfm small": (_mfm(preset="small"), False),
 }
 
 
@@ -78,10 +87,7 @@ def run_config(arch: str, variant: str, out: Path):
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """One measurement in this (fresh) process: warm-up steps, then timed engine steps."""
-    from collections import defaultdict
-
     import torch
-    from torch.utils.data import default_collate
 
     from harness.engine.training import Trainer
     from harness.env import offline
@@ -95,8 +101,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             task.reuses = frozenset()
     trainer.model.train()
     n, b = args.warmup + args.steps, cfg.data.batch_size
-    batches = [(default_collate([trainer.source_stream[k * b + i] for i in range(b)]),
-                default_collate([trainer.target_stream[k * b + i] for i in range(b)])) for k in range(n)]
+    batches = preload(trainer, n, b)
     encodes, opt = [], {"cpu": [], "wall": []}
     trainer.model.encoder.register_forward_hook(lambda *_: encodes.append(1))  # the student's encoder
     clock: dict[str, float] = {}  # the optimiser step alone (AdamW over the model and the tasks' parts)
@@ -105,20 +110,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     trainer.optimizer.register_step_post_hook(
         lambda *_: (opt["wall"].append(time.perf_counter() - clock["wall"]),
                     opt["cpu"].append(time.process_time() - clock["cpu"])))
-    sums: dict[str, float] = defaultdict(float)
-    times, cpu_times = [], []
-    for k, (src, tgt) in enumerate(batches):
-        t0, c0 = time.perf_counter(), time.process_time()
-        trainer.step(src, tgt, sums)
-        trainer.iteration += 1
-        if k >= args.warmup:
-            times.append(time.perf_counter() - t0)
-            cpu_times.append(time.process_time() - c0)
+    timing, sums = time_steps(trainer, batches, args.warmup)
     return {
         "arch": args.arch, "backbone": cfg.model.backbone, "variant": args.variant,
-        "threads": torch.get_num_threads(), "crop": list(cfg.data.crop), "batch": b,
-        "step_times": times, "step_time": statistics.median(times),
-        "step_cpu_times": cpu_times, "step_cpu_time": statistics.median(cpu_times),
+        "threads": torch.get_num_threads(), "crop": list(cfg.data.crop), "batch": b, **timing,
         "encoder_passes_per_step": len(encodes) / n,
         "optimizer_cpu_time": statistics.median(opt["cpu"][args.warmup:]),
         "optimizer_time": statistics.median(opt["wall"][args.warmup:]),
@@ -129,22 +124,15 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_one(args: argparse.Namespace, arch: str, variant: str) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--worker", "--arch", arch, "--variant", variant,
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--workdir", str(args.workdir)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     load_before = os.getloadavg()[0]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{arch} {variant}: worker failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = in_child(__file__, ["--arch", arch, "--variant", variant, "--steps", str(args.steps),
+                                 "--warmup", str(args.warmup), "--workdir", str(args.workdir)], f"{arch} {variant}")
     result.update(load_before=load_before, load_after=os.getloadavg()[0])
     return result
 
 
 def summarise(results: list[dict[str, Any]], archs: list[str], variants: list[str]) -> list[dict[str, Any]]:
-    def of(arch: str, v: str, key: str) -> list[float]:
-        return [r[key] for r in results if r["arch"] == arch and r["variant"] == v]
-
+    of = partial(values, results)  # of(arch, variant, key): that key of each repeat
     rows = []
     for arch in archs:
         base_c = statistics.median(of(arch, "dacs", "step_cpu_time"))
@@ -157,8 +145,7 @@ def summarise(results: list[dict[str, Any]], archs: list[str], variants: list[st
                 "arch": arch, "backbone": of(arch, v, "backbone")[0], "variant": v, "repeats": len(c),
                 "aux_params_m": of(arch, v, "aux_params")[0] / 1e6,
                 "encoder_passes": of(arch, v, "encoder_passes_per_step")[0],
-                "cpu_ms": 1000 * statistics.median(c), "cpu_ms_min": 1000 * min(c), "cpu_ms_max": 1000 * max(c),
-                "extra_cpu_ms": 1000 * extra,
+                **ms("cpu_ms", c), "extra_cpu_ms": 1000 * extra,
                 "optimizer_cpu_ms": 1000 * statistics.median(of(arch, v, "optimizer_cpu_time")),
                 "extra_vs_mic": extra / mic_c if mic_c and v not in ("dacs", "+mic") else None,
                 "wall_ms": 1000 * statistics.median(t), "wall_ratio": statistics.median(t) / base_t,
@@ -177,27 +164,18 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         ratio = "" if r["extra_vs_mic"] is None else f"{r['extra_vs_mic']:.2f}"
         lines.append(
-            f"| {r['arch']}/{r['backbone']} | {r['variant']} | {r['aux_params_m']:.2f} | "
-            f"{r['encoder_passes']:g} | {r['cpu_ms']:.0f} [{r['cpu_ms_min']:.0f}-{r['cpu_ms_max']:.0f}] | "
-            f"{r['extra_cpu_ms']:+.0f} | {ratio} | {r['optimizer_cpu_ms']:.0f} | {r['wall_ms']:.0f} | "
-            f"{r['wall_ratio']:.2f} | "
+            first_cells(r) + f"{r['encoder_passes']:g} | {cell(r, 'cpu_ms')} | {r['extra_cpu_ms']:+.0f} | "
+            f"{ratio} | {r['optimizer_cpu_ms']:.0f} | {r['wall_ms']:.0f} | {r['wall_ratio']:.2f} | "
             f"{r['peak_rss_mb']:.0f} | {r['load_min']:.1f}-{r['load_max']:.1f} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    p.add_argument("--repeats", type=int, default=3, help="fresh processes per (architecture, variant)")
+    p = parser(__doc__, steps=20, warmup=3, repeats=3)
     p.add_argument("--archs", nargs="+", default=["daformer"], choices=list(CONFIGS))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--workdir", type=Path, default=Path("/tmp/udabench-bench-aux-step"))
     p.add_argument("--out", type=Path, default=ROOT / "reports" / "bench_aux_step.json")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--arch", help=argparse.SUPPRESS)
-    p.add_argument("--variant", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.worker:
@@ -207,35 +185,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--steps and --repeats must be at least 1, --warmup at least 0")
     variants = ["dacs", "+mic"] + [v for v in args.variants if v not in ("dacs", "+mic")]
     args.workdir.mkdir(parents=True, exist_ok=True)
-    results = []
     t_start, load_start = time.perf_counter(), os.getloadavg()
-    for rep in range(args.repeats):
-        order = variants[rep % len(variants):] + variants[:rep % len(variants)]  # rotate: no fixed slot
-        for arch in args.archs:
-            for v in order:
-                r = run_one(args, arch, v)
-                r["repeat"] = rep
-                results.append(r)
-                print(f"[{rep + 1}/{args.repeats}] {arch:9s} {v:20s} {1000 * r['step_cpu_time']:6.0f} ms CPU "
-                      f"{1000 * r['step_time']:6.0f} ms wall, load {r['load_before']:.1f}", file=sys.stderr)
+    results = measure_all(
+        args.repeats, args.archs, variants, lambda arch, v: run_one(args, arch, v),
+        lambda v, r: (f"{v:20s} {1000 * r['step_cpu_time']:6.0f} ms CPU {1000 * r['step_time']:6.0f} ms wall, "
+                      f"load {r['load_before']:.1f}"), rotate=True)
     rows = summarise(results, args.archs, variants)
-    table = markdown(rows)
-    print(table)
-    import torch
-
-    report = {
-        "command": "benchmarks/bench_aux_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "settings": {"scale": "cpu", "configs": {a: CONFIGS[a] for a in args.archs}, "steps": args.steps,
-                     "warmup": args.warmup, "repeats": args.repeats, "device": "cpu"},
-        "environment": {"python": sys.version.split()[0], "torch": torch.__version__, "cpus": os.cpu_count(),
-                        "load_avg_1m_at_start": load_start[0], "load_avg_1m_at_end": os.getloadavg()[0]},
-        "wall_time_s": time.perf_counter() - t_start,
-        "rows": rows, "runs": results, "markdown": table,
-    }
-    from harness.data.io import atomic_write_text
-
-    atomic_write_text(args.out, json.dumps(report, indent=1))
-    print(f"\nwrote {args.out}", file=sys.stderr)
+    settings = {"scale": "cpu", "configs": {a: CONFIGS[a] for a in args.archs}, "steps": args.steps,
+                "warmup": args.warmup, "repeats": args.repeats, "device": "cpu"}
+    report(args.out, "bench_aux_step.py", argv, settings, t_start, rows, results, markdown(rows),
+           load_avg_1m_at_start=load_start[0])
     return 0
 
 

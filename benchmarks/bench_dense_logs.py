@@ -62,28 +62,46 @@ def bench_train(arch: str, interval: int, iterations: int) -> None:
               f"load {load:.2f} -> {os.getloadavg()[0]:.2f}")
 
 
-def densify(src: Path, dst: Path, every: int = 20, iterations: int = 2000) -> None:
-    """A copy of the store at `src` in which every run has `train/` logs every `every` iterations."""
+def add_train_logs(uri: str, study: str, every: int = 20, iterations: int = 1000,
+                   step_time_and_lr: bool = False) -> int:
+    """`train/` logs every `every` iterations up to `iterations` for each run of `study` (in trial order),
+    as `TrialRun.log_train` writes them: each loss the run logs at evaluations, the pseudo-label weight
+    and the throughput, noisy (each run its own seed); with `step_time_and_lr` the step time and learning
+    rate too. Returns the number of runs. tests/test_dense_curves.py draws its dense curves from these."""
     import numpy as np
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
+    from harness.study.tracking import TRAIN
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(study)
+    runs = client.search_runs([exp.experiment_id], max_results=50000, order_by=["tags.trial_id"])
+    for i, run in enumerate(runs):
+        rng = np.random.default_rng(i)
+        losses = [k for k in run.data.metrics if k.startswith("loss/")]
+        items = []
+        for step in range(every, iterations + 1, every):
+            t = step / iterations
+            values = {**{TRAIN + k: math.exp(-2 * t) * (1 + 0.3 * rng.normal()) for k in losses},
+                      TRAIN + "stat/pseudo_weight": min(1.0, t + 0.1 * rng.random()),
+                      TRAIN + "throughput": 20 + rng.normal()}
+            if step_time_and_lr:
+                values.update({TRAIN + "step_time": 0.2 + 0.01 * rng.random(), TRAIN + "lr": 1e-3 * (1 - t)})
+            items += [Metric(k, float(v), 1, step) for k, v in values.items()]
+        for j in range(0, len(items), 1000):
+            client.log_batch(run.info.run_id, metrics=items[j:j + 1000])
+    return len(runs)
+
+
+def densify(src: Path, dst: Path, every: int = 20, iterations: int = 2000) -> None:
+    """A copy of the store at `src` in which every run has `train/` logs every `every` iterations."""
+    from mlflow import MlflowClient
+
     shutil.copy(src, dst)
-    client = MlflowClient(f"sqlite:///{dst}")
-    for exp in client.search_experiments():
-        for i, run in enumerate(client.search_runs([exp.experiment_id], max_results=50000)):
-            rng = np.random.default_rng(i)
-            losses = [k for k in run.data.metrics if k.startswith("loss/")]
-            items = []
-            for step in range(every, iterations + 1, every):
-                t = step / iterations
-                values = {**{f"train/{k}": math.exp(-2 * t) * (1 + 0.3 * rng.normal()) for k in losses},
-                          "train/stat/pseudo_weight": min(1.0, t + 0.1 * rng.random()),
-                          "train/throughput": 20 + rng.normal(), "train/step_time": 0.2 + 0.01 * rng.random(),
-                          "train/lr": 1e-3 * (1 - t)}
-                items += [Metric(k, float(v), 1, step) for k, v in values.items()]
-            for j in range(0, len(items), 1000):
-                client.log_batch(run.info.run_id, metrics=items[j:j + 1000])
+    uri = f"sqlite:///{dst}"
+    for exp in MlflowClient(uri).search_experiments():
+        add_train_logs(uri, exp.name, every, iterations, step_time_and_lr=True)
 
 
 def bench_report(workdir: Path, rounds: int) -> None:

@@ -15,20 +15,19 @@ from harness.env import offline
 
 offline()
 
+from conftest import SMALL_MODELS, small_segmentor  # noqa: E402
+
 from harness.config import ConfigError  # noqa: E402
 from harness.engine.resolve import load_config  # noqa: E402
 from harness.labels import IGNORE_INDEX  # noqa: E402
-from harness.models import create_segmentor  # noqa: E402
 from methods import AUX_TASKS  # noqa: E402
 from methods._common import downscale_label  # noqa: E402
 from methods.base import StepContext  # noqa: E402
 from methods.mfm import Rebuilder  # noqa: E402
 from methods.mim import hog_cells  # noqa: E402
 
-ARCHS = {
-    "deeplabv2": dict(backbone="resnet18"),
-    "daformer": dict(backbone="pvt_v2_b0", embed_dim=64),
-}
+pytestmark = pytest.mark.usefixtures("one_thread")
+ARCHS = list(SMALL_MODELS)
 # (task name, options): every task and variant; MFM with a 16-pixel mask unit so that 64x64 crops
 # give a 4x4 token grid (and the daformer stride-32 stage exercises a down-sampling projector).
 TASKS = {
@@ -39,21 +38,6 @@ TASKS = {
     "mfm": ("mfm", {"mask_unit": 16, "preset": "tiny"}),
 }
 SIZE = 64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: the machine's two cores are shared, and oversubscribed threads crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_model(arch: str, seed: int = 0):
-    torch.manual_seed(seed)
-    opts = dict(ARCHS[arch])
-    return create_segmentor(arch, backbone=opts.pop("backbone"), num_classes=19, **opts)
 
 
 def blocky_label(batch: int, seed: int, block: int = 16) -> torch.Tensor:
@@ -119,7 +103,7 @@ def test_tasks_needing_pseudo_labels_refuse_source_only(task):
 
 
 def test_missing_pseudo_labels_at_run_time_is_a_clear_error():
-    model = make_model("daformer")
+    model = small_segmentor("daformer")
     ctx = make_ctx(model)
     ctx.pseudo_label = None
     task = AUX_TASKS.get("mfm")({"mask_unit": 16, "preset": "tiny"}, model, 19)
@@ -128,7 +112,7 @@ def test_missing_pseudo_labels_at_run_time_is_a_clear_error():
 
 
 def test_bad_geometry_is_a_clear_error():
-    model = make_model("daformer")
+    model = small_segmentor("daformer")
     with pytest.raises(ValueError, match=r"mask_unit 24 must be a power-of-two multiple or divisor.*"
                                          r"\[4, 8, 16, 32\]"):
         AUX_TASKS.get("mfm")({"mask_unit": 24}, model, 19)
@@ -147,8 +131,8 @@ def test_bad_geometry_is_a_clear_error():
 def test_zero_inference_cost(arch, task_id):
     """The trained student keeps the host's exact state-dict keys, parameter count and forward FLOPs;
     the task's parts live only in the task object."""
-    host = make_model(arch)
-    student = make_model(arch)
+    host = small_segmentor(arch)
+    student = small_segmentor(arch)
     name, opts = TASKS[task_id]
     task = AUX_TASKS.get(name)(opts, student, 19)
     ctx = make_ctx(student)
@@ -179,7 +163,7 @@ def _some_nonzero(params) -> bool:
 @pytest.mark.parametrize("task_id", TASKS)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_gradients_reach_the_right_parts_and_never_the_teacher(arch, task_id):
-    student = make_model(arch)
+    student = small_segmentor(arch)
     teacher = copy.deepcopy(student).eval()  # left trainable on purpose: a leak would show as grads
     name, opts = TASKS[task_id]
     task = AUX_TASKS.get(name)(opts, student, 19)
@@ -216,7 +200,7 @@ def test_realised_mask_ratio_matches(ratio):
     assert abs(1 - draws.mean().item() - ratio) < 0.01
     assert not torch.equal(draws[0, 0], draws[0, 1]) and not torch.equal(draws[0], draws[1])
     # MIC: block masks at pixel level, masked pixels exactly 0 in normalised space.
-    model = make_model("daformer")
+    model = small_segmentor("daformer")
     mic = AUX_TASKS.get("mim")({"block": 8, "mask_ratio": ratio}, model, 19)
     images = torch.randn(4, 3, 64, 64) + 3.0  # no pixel is 0 by chance
     masked_frac = []
@@ -233,7 +217,7 @@ def test_realised_mask_ratio_matches(ratio):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_mfm_merge_keeps_visible_features_and_replaces_masked_ones(arch):
-    model = make_model(arch)
+    model = small_segmentor(arch)
     task = AUX_TASKS.get("mfm")({"mask_unit": 16, "mask_ratio": 0.5, "preset": "tiny"}, model, 19)
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
@@ -249,7 +233,7 @@ def test_mfm_merge_keeps_visible_features_and_replaces_masked_ones(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_mfm_mask_ratio_zero_rebuilds_the_encoder_features(arch):
-    model = make_model(arch).eval()
+    model = small_segmentor(arch).eval()
     task = AUX_TASKS.get("mfm")({"mask_unit": 16, "mask_ratio": 0.0}, model, 19)
     ctx = make_ctx(model)
     with torch.no_grad():
@@ -270,7 +254,7 @@ def test_mfm_presets_and_the_paper_rebuilder_sizes():
     # The released Rebuilders (methods.md section 1): about 14.5 M (MiT-B5) and 10.2 M (ResNet-101).
     assert abs(n(Rebuilder([64, 128, 320, 512], [4, 8, 16, 32])) / 1e6 - 14.5) < 0.1
     assert abs(n(Rebuilder([2048], [8])) / 1e6 - 10.2) < 0.1
-    model = make_model("daformer")
+    model = small_segmentor("daformer")
     sizes = {p: n(AUX_TASKS.get("mfm")({"preset": p}, model, 19)) for p in ("tiny", "small", "base")}
     assert sizes["tiny"] < sizes["small"] < sizes["base"]
     base = AUX_TASKS.get("mfm")({"preset": "base"}, model, 19).rebuilder
@@ -281,7 +265,7 @@ def test_mfm_presets_and_the_paper_rebuilder_sizes():
 
 
 def test_color_aug_option_uses_the_hosts_augmentation():
-    model = make_model("daformer")
+    model = small_segmentor("daformer")
     calls = []
 
     def augment(x):
@@ -310,18 +294,11 @@ LEARN = {
 }
 
 
-@pytest.mark.parametrize("task_id", LEARN)
-def test_each_task_alone_drives_its_loss_down_on_a_fixed_batch(task_id):
-    student = make_model("daformer")
-    name, opts = LEARN[task_id]
-    task = AUX_TASKS.get(name)(opts, student, 19)
-    ctx = make_ctx(student)  # the teacher is a frozen copy of the initial student
-    params = list(student.parameters()) + [p for p in task.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3)
-    student.train()
+def descend(task, ctx: StepContext, opt: torch.optim.Optimizer, steps: int) -> list[float]:
+    """`steps` optimiser steps on the task's summed losses of the one context `ctx` (iterations 0, 1, ...);
+    the loss before each step."""
     history = []
-    torch.manual_seed(0)
-    for it in range(40):
+    for it in range(steps):
         ctx.iteration = it
         opt.zero_grad()
         loss = sum(task(ctx).values())
@@ -329,6 +306,20 @@ def test_each_task_alone_drives_its_loss_down_on_a_fixed_batch(task_id):
         opt.step()
         task.after_optimizer_step(ctx)
         history.append(loss.item())
+    return history
+
+
+@pytest.mark.parametrize("task_id", LEARN)
+def test_each_task_alone_drives_its_loss_down_on_a_fixed_batch(task_id):
+    student = small_segmentor("daformer")
+    name, opts = LEARN[task_id]
+    task = AUX_TASKS.get(name)(opts, student, 19)
+    ctx = make_ctx(student)  # the teacher is a frozen copy of the initial student
+    params = list(student.parameters()) + [p for p in task.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    student.train()
+    torch.manual_seed(0)
+    history = descend(task, ctx, opt, 40)
     first, last = sum(history[:5]) / 5, sum(history[-5:]) / 5
     assert last < 0.8 * first, f"{task_id}: loss {first:.4f} -> {last:.4f}"
 
@@ -336,19 +327,11 @@ def test_each_task_alone_drives_its_loss_down_on_a_fixed_batch(task_id):
 def test_contrastive_with_seipcos_temperature_still_descends():
     """With SePiCo's temperature (100, logits divided by it) the loss sits near log(C) and moves
     little, but it must still move down."""
-    student = make_model("daformer")
+    student = small_segmentor("daformer")
     task = AUX_TASKS.get("contrastive")({"proj_dim": 64}, student, 19)
     ctx = make_ctx(student)
     opt = torch.optim.AdamW(list(student.parameters()) + list(task.head.parameters()), lr=1e-3)
-    history = []
-    for it in range(15):
-        ctx.iteration = it
-        opt.zero_grad()
-        loss = sum(task(ctx).values())
-        loss.backward()
-        opt.step()
-        task.after_optimizer_step(ctx)
-        history.append(loss.item())
+    history = descend(task, ctx, opt, 15)
     assert history[-1] < history[0]
 
 
@@ -368,7 +351,7 @@ def test_downscale_label_area_majority_with_purity():
 
 
 def test_prototypes_are_the_count_weighted_running_mean():
-    model = make_model("daformer")
+    model = small_segmentor("daformer")
     task = AUX_TASKS.get("contrastive")({"proj_dim": 4}, model, 19)
     a = torch.randn(1, 4, 2, 2)
     b = torch.randn(1, 4, 1, 3)
@@ -384,7 +367,7 @@ def test_prototypes_are_the_count_weighted_running_mean():
 
 
 def test_contrastive_ignores_target_pixels_of_weight_zero():
-    model = make_model("daformer")
+    model = small_segmentor("daformer")
     task = AUX_TASKS.get("contrastive")({"proj_dim": 16, "source": False}, model, 19)
     assert task(make_ctx(model, weight=0.5))["target"] > 0
     zero = task(make_ctx(model, weight=0.0))["target"]
@@ -418,12 +401,10 @@ def test_random_keep_never_masks_a_whole_sample():
 def test_mim_recon_on_cpu_scale_images_keeps_gradients_finite():
     """64x128 images in 32-pixel blocks (8 per image) at a high mask ratio: before the fix, fully masked
     (all-zero) images made the PVTv2 encoder's gradients NaN."""
-    from harness.models import create_segmentor
     from methods import AUX_TASKS
     from methods.base import StepContext
 
-    torch.manual_seed(0)
-    model = create_segmentor("daformer", backbone="pvt_v2_b0", num_classes=19, pretrained=None, embed_dim=64)
+    model = small_segmentor("daformer")
     task = AUX_TASKS.get("mim")({"variant": "recon", "target": "pixel", "mask_ratio": 0.95,
                                  "color_aug": False}, model, 19)
     images = torch.randn(2, 3, 64, 128)

@@ -11,7 +11,6 @@ truncated or overwritten; an older schema is MLflow's own migrations stopped ten
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import shutil
 import sqlite3
 import subprocess
@@ -26,18 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDY = str(ROOT / "studies" / "demo.yaml")
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "bench_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
-def good(tmp_path_factory) -> Path:
+def good(tmp_path_factory, fill_store) -> Path:
     """A real MLflow store: one study (`good_0`) of 4 finished runs."""
     db = tmp_path_factory.mktemp("good") / "mlflow.db"
-    _bench().fill_store(f"sqlite:///{db}", n_runs=4, studies=1, evals=1, prefix="good")
+    fill_store(f"sqlite:///{db}", n_runs=4, studies=1, evals=1, prefix="good")
     return db
 
 

@@ -18,31 +18,18 @@ from harness.env import offline
 
 offline()
 
+from conftest import small_segmentor  # noqa: E402
+
 from harness.config import ConfigError  # noqa: E402
 from harness.engine.resolve import load_config  # noqa: E402
 from harness.labels import IGNORE_INDEX  # noqa: E402
-from harness.models import create_segmentor  # noqa: E402
-from harness.scales import AUX_RECIPE, scale_overlay  # noqa: E402
+from harness.scales import AUX_RECIPE  # noqa: E402
 from methods import AUX_TASKS  # noqa: E402
 from methods.base import StepContext  # noqa: E402
 from methods.contrastive import ProjectionHead, proto_reg  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 SEPICO = AUX_RECIPE["contrastive"]["options"]  # the paper-scale options
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_model(arch: str = "daformer"):
-    torch.manual_seed(0)
-    if arch == "daformer":
-        return create_segmentor("daformer", backbone="pvt_v2_b0", num_classes=19, embed_dim=64)
-    return create_segmentor("deeplabv2", backbone="resnet18", num_classes=19)
 
 
 def task_of(model, **options):
@@ -77,7 +64,7 @@ def count_encodes(model) -> list[torch.Tensor]:
 # the loss starts at `loss_start`; the prototypes and the head EMA from iteration 0
 
 def test_no_loss_before_loss_start_but_the_prototypes_move_from_iteration_0():
-    model = make_model()
+    model = small_segmentor()
     task = task_of(model, loss_start=3)
     for it in range(3):
         before = task.proto_mean.clone()
@@ -91,7 +78,7 @@ def test_no_loss_before_loss_start_but_the_prototypes_move_from_iteration_0():
 
 
 def test_before_loss_start_the_student_is_not_encoded():
-    model = make_model()
+    model = small_segmentor()
     task = task_of(model, loss_start=1)
     ctx0, ctx1 = make_ctx(model, iteration=0), make_ctx(model, iteration=1)  # (their teachers: copies)
     seen = count_encodes(model)
@@ -131,7 +118,7 @@ def test_udabench_head_ends_in_a_plain_conv():
 
 @pytest.mark.parametrize("arch", ["daformer", "deeplabv2"])
 def test_the_task_builds_the_head_the_option_names(arch):
-    model = make_model(arch)
+    model = small_segmentor(arch)
     assert len(task_of(model, head="sepico").head.convs) == 6
     assert len(task_of(model).head.convs) == 4
 
@@ -146,7 +133,7 @@ def _perturb(head: nn.Module) -> None:
 
 
 def test_head_ema_is_0_999_of_the_teacher_side_head():
-    model = make_model()
+    model = small_segmentor()
     task = task_of(model, ema_alpha=0.999, head="sepico")
     _perturb(task.head)
     before = [p.clone() for p in task.head_ema.parameters()]
@@ -161,7 +148,7 @@ def test_head_ema_is_0_999_of_the_teacher_side_head():
 
 
 def test_ema_bn_batch_uses_batch_statistics_and_averages_parameters_only():
-    model = make_model()
+    model = small_segmentor()
     task = task_of(model, ema_bn="batch")
     with torch.no_grad():
         task.head.convs[1].running_mean.fill_(5.0)
@@ -180,7 +167,7 @@ def test_ema_bn_batch_uses_batch_statistics_and_averages_parameters_only():
 
 
 def test_ema_bn_running_copies_the_heads_buffers():
-    model = make_model()
+    model = small_segmentor()
     task = task_of(model)
     with torch.no_grad():
         task.head.convs[1].running_mean.fill_(5.0)
@@ -211,7 +198,7 @@ def test_proto_reg_stays_near_minus_one_at_sepicos_temperature():
 
 
 def test_the_view_loss_is_protocl_plus_reg_weight_times_the_regulariser():
-    model = make_model()
+    model = small_segmentor()
     task = task_of(model, reg_weight=0.5, temperature=2.0)
     with torch.no_grad():
         task.proto_mean.copy_(F.normalize(torch.randn(19, 16), dim=1))
@@ -232,7 +219,7 @@ def test_the_view_loss_is_protocl_plus_reg_weight_times_the_regulariser():
 # the views: the strongly augmented source, the host's source pass reused for the clean one
 
 def test_source_aug_contrasts_the_hosts_strong_augmentation_of_the_source():
-    model = make_model()
+    model = small_segmentor()
     augmented = []
 
     def augment(x):
@@ -248,7 +235,7 @@ def test_source_aug_contrasts_the_hosts_strong_augmentation_of_the_source():
 
 
 def test_the_clean_source_view_reuses_the_hosts_pass_with_the_same_loss_and_gradients():
-    model = make_model()
+    model = small_segmentor()
     task = task_of(model, target=False)
     assert task.reuses == frozenset({"source_features"})
     assert task_of(model, source_aug=True).reuses == frozenset()
@@ -272,7 +259,7 @@ def test_the_clean_source_view_reuses_the_hosts_pass_with_the_same_loss_and_grad
 
 
 def test_the_host_keeps_its_source_pass_only_from_loss_start():
-    model = make_model()
+    model = small_segmentor()
     task = task_of(model, loss_start=2)
     assert task.reuses == frozenset()  # iteration 0: no loss, no pass to keep
     task.after_optimizer_step(make_ctx(model, iteration=0))
@@ -307,20 +294,17 @@ def test_no_view_at_all_is_refused_at_load():
 # --------------------------------------------------------------------------------------------------
 # in the engine: dacs + contrastive
 
-def _trainer(root, out, arch, options, overrides=()):
+def _trainer(smoke_config, out, arch, options, overrides=()):
     from harness.engine.training import Trainer
 
-    data = [f"data.{part}.root={root}" for part in ("source", "target", "val")]
-    cfg = load_config(None, [*data, f"output={out}", "threads=1", f"model.arch={arch}",
-                             "method.pseudo_threshold=0", *overrides],
-                      extra={**scale_overlay("smoke", arch),
-                             "method": {"aux": {"contrastive": {"options": {"proj_dim": 16, **options}}}}})
+    cfg = smoke_config(out, "method.pseudo_threshold=0", *overrides, arch=arch,
+                       aux={"contrastive": {"options": {"proj_dim": 16, **options}}})
     return Trainer(cfg, progress=False)
 
 
 @pytest.mark.parametrize("arch", ["daformer", "deeplabv2"])
-def test_dacs_with_the_paper_recipe_trains_with_the_loss_from_loss_start(synth_root, tmp_path, arch):
-    trainer = _trainer(synth_root, tmp_path, arch, {**SEPICO, "loss_start": 2})
+def test_dacs_with_the_paper_recipe_trains_with_the_loss_from_loss_start(smoke_config, tmp_path, arch):
+    trainer = _trainer(smoke_config, tmp_path, arch, {**SEPICO, "loss_start": 2})
     task = trainer.aux["contrastive"]
     assert len(task.head.convs) == 6 and task.opts.reg_weight == 1.0 and task.opts.source_aug
     head0 = [p.clone() for p in task.head.parameters()]
@@ -336,8 +320,8 @@ def test_dacs_with_the_paper_recipe_trains_with_the_loss_from_loss_start(synth_r
     assert any(not torch.equal(a, b) for a, b in zip(head0, task.head.parameters()))
 
 
-def test_prototypes_update_although_the_loss_never_starts(synth_root, tmp_path):
-    trainer = _trainer(synth_root, tmp_path, "daformer", {"loss_start": 100},
+def test_prototypes_update_although_the_loss_never_starts(smoke_config, tmp_path):
+    trainer = _trainer(smoke_config, tmp_path, "daformer", {"loss_start": 100},
                        ["schedule.iterations=2", "eval.interval=2"])
     task = trainer.aux["contrastive"]
     head0 = [p.clone() for p in task.head.parameters()]
@@ -348,10 +332,11 @@ def test_prototypes_update_although_the_loss_never_starts(synth_root, tmp_path):
 
 
 @pytest.mark.parametrize("source_aug, passes", [(False, 3), (True, 4)])
-def test_the_engine_step_reuses_the_hosts_source_pass_for_the_clean_view(synth_root, tmp_path, source_aug, passes):
+def test_the_engine_step_reuses_the_hosts_source_pass_for_the_clean_view(smoke_config, tmp_path, source_aug,
+                                                                          passes):
     """Student encoder passes per step: the host's source and mixed passes, the task's target view, and
     the task's source view only when it differs from the host's (`source_aug`)."""
-    trainer = _trainer(synth_root, tmp_path, "daformer", {"source_aug": source_aug},
+    trainer = _trainer(smoke_config, tmp_path, "daformer", {"source_aug": source_aug},
                        ["schedule.iterations=1", "eval.interval=1"])
     seen = count_encodes(trainer.model)
     trainer.run()

@@ -10,7 +10,6 @@ Fast: the real engine at smoke scale and real sqlite stores, without Ray. Slow: 
 from __future__ import annotations
 
 import filecmp
-import importlib.util
 import math
 import os
 import subprocess
@@ -22,9 +21,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.engine.resolve import load_config
 from harness.engine.training import train
-from harness.scales import scale_overlay
 from harness.study import tracking
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,10 +29,8 @@ BIN = Path(sys.executable).parent
 TIMING = ("step_time", "throughput", "peak_mem_mb")
 
 
-def smoke_cfg(root, out: Path, *overrides):
-    data = [f"data.{part}.root={root}" for part in ("source", "target", "val")]
-    return load_config(None, [*data, f"output={out}", "threads=1", "method.host=dacs", "schedule.iterations=6",
-                              "eval.interval=3", *overrides], extra=scale_overlay("smoke", "deeplabv2"))
+def smoke_cfg(smoke_config, out: Path, *overrides):
+    return smoke_config(out, "schedule.iterations=6", "eval.interval=3", *overrides)
 
 
 def untimed(metrics: dict[str, float]) -> dict:
@@ -45,14 +40,14 @@ def untimed(metrics: dict[str, float]) -> dict:
 # --------------------------------------------------------------------------------------------------
 # the engine
 
-def test_on_log_gives_the_means_of_each_window_and_leaves_the_evaluations_as_they_were(synth_root, tmp_path):
+def test_on_log_gives_the_means_of_each_window_and_leaves_the_evaluations_as_they_were(smoke_config, tmp_path):
     """log_interval 1: on_log at every iteration with that step's losses, whose means over iterations
     1-3 and 4-6 are the evaluations' `loss/*`; log_interval 4 (not a multiple of eval.interval 3): logs
     at 4 and at the end (6), each the mean of its own window across the evaluation at 3. A run without
     on_log ends with the same metrics, timing aside (the tables' numbers do not depend on the logs)."""
     every: list = []
     evals: list = []
-    final_1 = train(smoke_cfg(synth_root, tmp_path / "a", "log_interval=1"), progress=False,
+    final_1 = train(smoke_cfg(smoke_config, tmp_path / "a", "log_interval=1"), progress=False,
                     on_log=lambda it, m: every.append((it, m)), on_eval=lambda it, m, d: evals.append((it, m)))
     assert [it for it, _ in every] == [1, 2, 3, 4, 5, 6] and [it for it, _ in evals] == [3, 6]
     losses = [k for k in evals[0][1] if k.startswith(("loss/", "stat/"))]
@@ -66,14 +61,14 @@ def test_on_log_gives_the_means_of_each_window_and_leaves_the_evaluations_as_the
         assert every[it - 1][1]["lr"] == m["lr"]
 
     sparse: list = []
-    final_4 = train(smoke_cfg(synth_root, tmp_path / "b", "log_interval=4"), progress=False,
+    final_4 = train(smoke_cfg(smoke_config, tmp_path / "b", "log_interval=4"), progress=False,
                     on_log=lambda it, m: sparse.append((it, m)))
     assert [it for it, _ in sparse] == [4, 6]
     for (it, m), window in zip(sparse, ([1, 2, 3, 4], [5, 6])):
         for key in losses:
             assert m[key] == pytest.approx(np.mean([every[i - 1][1][key] for i in window]), rel=1e-12), (it, key)
 
-    final_none = train(smoke_cfg(synth_root, tmp_path / "c"), progress=False)
+    final_none = train(smoke_cfg(smoke_config, tmp_path / "c"), progress=False)
     assert untimed(final_1) == untimed(final_4) == untimed(final_none)
 
 
@@ -117,14 +112,14 @@ class _Killed(Exception):
     pass
 
 
-def test_a_resumed_run_logs_every_train_step_once(synth_root, tmp_path):
+def test_a_resumed_run_logs_every_train_step_once(smoke_config, tmp_path):
     """The real engine logging through a TrialRun: killed after its train/ log at 3 (the last checkpoint:
     the evaluation at 2), then re-opened and resumed from that checkpoint. Each train/ key holds steps
     1-4 once, the value at 3 from the first attempt (the resumed run computed the same one again), and
     the evaluations are at 2 and 4."""
     uri = tracking.default_tracking_uri(tmp_path)
     exp = tracking.ensure_experiment(uri, "s", tmp_path)
-    cfg = smoke_cfg(synth_root, tmp_path / "run", "schedule.iterations=4", "eval.interval=2", "log_interval=1")
+    cfg = smoke_cfg(smoke_config, tmp_path / "run", "schedule.iterations=4", "eval.interval=2", "log_interval=1")
 
     def attempt(kill_at=None, resume=None):
         run = tracking.TrialRun.open(uri, exp, "t_1", "s.smoke.x", "seed=0", {"study": "s"}, {})
@@ -196,46 +191,15 @@ def test_the_band_is_the_seeds_min_and_max_and_the_line_their_mean():
     assert bands.loc[("b", 20)].tolist() == [7.0, 7.0, 7.0, 1]
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "bench_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def add_dense_history(uri: str, study: str, every: int = 20, iterations: int = 1000) -> int:
-    """train/ logs (every `every` iterations) for each run of `study`, as `TrialRun.log_train` writes
-    them: each loss the run logs at evaluations, the pseudo-label weight and the throughput, noisy."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(study)
-    runs = client.search_runs([exp.experiment_id], order_by=["tags.trial_id"])
-    for i, run in enumerate(runs):
-        rng = np.random.default_rng(i)
-        losses = [k for k in run.data.metrics if k.startswith("loss/")]
-        items = []
-        for step in range(every, iterations + 1, every):
-            t = step / iterations
-            values = {**{f"train/{k}": math.exp(-2 * t) * (1 + 0.3 * rng.normal()) for k in losses},
-                      "train/stat/pseudo_weight": min(1.0, t + 0.1 * rng.random()),
-                      "train/throughput": 20 + rng.normal()}
-            items += [Metric(k, float(v), 1, step) for k, v in values.items()]
-        for j in range(0, len(items), 1000):
-            client.log_batch(run.info.run_id, metrics=items[j:j + 1000])
-    return len(runs)
-
-
-def test_report_draws_dense_curves_and_keeps_every_table(tmp_path):
+def test_report_draws_dense_curves_and_keeps_every_table(fill_store, add_train_logs, tmp_path):
     """A study reported before and after its runs got dense train/ logs: every table and metrics.json
     byte for byte the same; the loss curves now come from the dense logs, with the pseudo-label weight
     and the throughput beside them (the caption says how they are smoothed and what the band is); the
     mIoU curve is the same PNG; a second report draws the same bytes."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    _bench().fill_store(uri, n_runs=29, studies=1, evals=4, prefix="dense", failed=1)
+    fill_store(uri, n_runs=29, studies=1, evals=4, prefix="dense", failed=1)
     assert main(["report", "dense_0", "--tracking-uri", uri, "--out", str(tmp_path / "before")]) == 0
-    assert add_dense_history(uri, "dense_0") == 29
+    assert add_train_logs(uri, "dense_0") == 29
     for out in ("after", "again"):
         assert main(["report", "dense_0", "--tracking-uri", uri, "--out", str(tmp_path / out)]) == 0
     before, after, again = (tmp_path / name / "dense_0" for name in ("before", "after", "again"))

@@ -12,35 +12,25 @@ from collections import defaultdict
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import small_segmentor
 from torch.utils.data import default_collate
 
 from harness.config import ConfigError
 from harness.engine.resolve import load_config
 from harness.engine.training import Trainer, train
 from harness.labels import IGNORE_INDEX
-from harness.models import create_segmentor
-from harness.scales import scale_overlay
 from methods import AUX_TASKS, HOSTS
 from methods._common import weighted_ce
 from methods.base import StepContext
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 64
 TINY = {"mask_unit": 16, "preset": "tiny"}  # 64x64 crops -> a 4x4 token grid
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: the machine's two cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_model(seed: int = 0):
     """DAFormer/pvt_v2_b0 in eval mode: its head's Dropout2d off, so a loss computed twice is the same."""
-    torch.manual_seed(seed)
-    return create_segmentor("daformer", backbone="pvt_v2_b0", num_classes=19, embed_dim=64).eval()
+    return small_segmentor("daformer", seed).eval()
 
 
 def make_ctx(student, seed: int = 0) -> StepContext:
@@ -135,8 +125,8 @@ def test_mixed_image_without_a_mixing_host_is_a_clear_error():
         task(ctx)
 
 
-def test_the_dacs_host_leaves_the_mixed_image_label_and_weight_it_trained_on(synth_root, tmp_path):
-    cfg = smoke_config(synth_root, tmp_path, None)
+def test_the_dacs_host_leaves_the_mixed_image_label_and_weight_it_trained_on(smoke_config, tmp_path):
+    cfg = mfm_config(smoke_config, tmp_path, None)
     model = make_model()
     host = HOSTS.get("dacs")(cfg.method, model)
     ctx = make_ctx(model)
@@ -190,19 +180,16 @@ def test_masked_coverage_ignores_visible_pixels_and_all_does_not():
 # --------------------------------------------------------------------------------------------------
 # reuse of the host's encoder pass, through the real engine
 
-def smoke_config(root, out, mfm: dict | None, arch: str = "daformer", more: tuple[str, ...] = ()):
+def mfm_config(smoke_config, out, mfm: dict | None, arch: str = "daformer", more: tuple[str, ...] = ()):
     """`dacs` (+ MFM with `mfm` options, tiny) at the smoke scale; every pseudo-label at weight 1."""
-    data = [f"data.{part}.root={root}" for part in ("source", "target", "val")]
-    aux = {"mfm": {"options": {**TINY, **mfm}}} if mfm is not None else {}
-    return load_config(None, [*data, f"output={out}", "threads=1", "method.host=dacs", f"model.arch={arch}",
-                              "method.pseudo_threshold=0", *more],
-                       extra={**scale_overlay("smoke", arch), "method": {"aux": aux}})
+    aux = {"mfm": {"options": {**TINY, **mfm}}} if mfm is not None else None
+    return smoke_config(out, "method.pseudo_threshold=0", *more, arch=arch, aux=aux)
 
 
 @pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 @pytest.mark.parametrize("arch", ["daformer", "deeplabv2"])
-def test_reused_features_give_the_gradients_of_a_fresh_encode_with_one_pass_less(synth_root, tmp_path, arch):
-    cfg = smoke_config(synth_root, tmp_path, {"image": "mixed"}, arch)
+def test_reused_features_give_the_gradients_of_a_fresh_encode_with_one_pass_less(smoke_config, tmp_path, arch):
+    cfg = mfm_config(smoke_config, tmp_path, {"image": "mixed"}, arch)
     trainer = Trainer(cfg, progress=False)
     start = copy.deepcopy({"model": trainer.model.state_dict(), "host": trainer.host.state_dict(),
                            "aux": trainer.aux.state_dict()})
@@ -255,8 +242,8 @@ def test_reused_features_give_the_gradients_of_a_fresh_encode_with_one_pass_less
     assert worst < 1e-4, worst
 
 
-def test_a_task_before_its_start_iteration_keeps_no_host_pass(synth_root, tmp_path):
-    cfg = smoke_config(synth_root, tmp_path, {"image": "mixed"}, more=("method.aux.mfm.start_iter=3",))
+def test_a_task_before_its_start_iteration_keeps_no_host_pass(smoke_config, tmp_path):
+    cfg = mfm_config(smoke_config, tmp_path, {"image": "mixed"}, more=("method.aux.mfm.start_iter=3",))
     trainer = Trainer(cfg, progress=False)
     reuse = []
     step = trainer.host.step
@@ -272,8 +259,8 @@ def test_a_task_before_its_start_iteration_keeps_no_host_pass(synth_root, tmp_pa
 
 @pytest.mark.parametrize("image, loss_on", [("target", "all"), ("target", "masked"), ("mixed", "all"),
                                             ("mixed", "masked")])
-def test_dacs_with_mfm_trains_with_each_option(synth_root, tmp_path, image, loss_on):
-    cfg = smoke_config(synth_root, tmp_path, {"image": image, "loss_on": loss_on})
+def test_dacs_with_mfm_trains_with_each_option(smoke_config, tmp_path, image, loss_on):
+    cfg = mfm_config(smoke_config, tmp_path, {"image": image, "loss_on": loss_on})
     metrics = train(cfg, progress=False)
     assert math.isfinite(metrics["loss/mfm/ce"]) and metrics["loss/mfm/ce"] > 0
     assert math.isfinite(metrics["loss/uda"]) and math.isfinite(metrics["target_miou"])

@@ -9,7 +9,6 @@ Stores are real, filled through the MLflow client (benchmarks/bench_report.py).
 from __future__ import annotations
 
 import filecmp
-import importlib.util
 import json
 import math
 import os
@@ -27,15 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "bench_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
+def store(tmp_path_factory, fill_store) -> str:
     """Two studies of 29 runs (2 architectures x host, contrastive, mim, mfm x 4 mask ratios; one
     failed run each), then the cases search_runs has rules for: a deleted run, a running run without
     an end time, a NaN latest metric, an empty tag."""
@@ -43,7 +35,7 @@ def store(tmp_path_factory) -> str:
     from mlflow.entities import Metric
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('speed') / 'mlflow.db'}"
-    _bench().fill_store(uri, n_runs=58, studies=2, evals=3, prefix="fast", failed=1)
+    fill_store(uri, n_runs=58, studies=2, evals=3, prefix="fast", failed=1)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("fast_1")
     runs = client.search_runs([exp.experiment_id], order_by=["tags.trial_id"])
