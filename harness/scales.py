@@ -55,11 +55,17 @@ _SMALL_ARCHS = {
                                                              "attention_embed_dim": 64, "detail_crop": [32, 32]}}},
 }
 _SHORT_SCHEDULE = {"optim": {"lr": 1e-3}, "method": {"ema_alpha": 0.99}, "threads": 1}
+# MFM at the small scales: the Rebuilder as wide as the small encoders' deepest stage (pvt_v2_b0: 256; the
+# released one is 512 wide, MiT-B5's deepest width) and fed the host's mixed image (as at paper scale,
+# AUX_RECIPE). The released `base` Rebuilder on the small model holds 14.2M parameters against the model's
+# 3.67M and cost 2.2x MIC's extra step time; `small` on the reused pass costs 0.75x (reports/benchmarks.md).
+_SMALL_AUX = {"mfm": {"options": {"image": "mixed", "preset": "small"}}}
 
 SCALES: dict[str, dict[str, Any]] = {
     "smoke": {
         "resources": {"cpu": 1, "gpu": 0},
         "arch_overlay": _SMALL_ARCHS,
+        "aux_overlay": _SMALL_AUX,
         "overlay": {
             "data": {"crop": [64, 64], "batch_size": 1},
             "schedule": {"iterations": 4, "warmup": 1},
@@ -71,6 +77,7 @@ SCALES: dict[str, dict[str, Any]] = {
     "demo": {
         "resources": {"cpu": 1, "gpu": 0},
         "arch_overlay": _SMALL_ARCHS,
+        "aux_overlay": _SMALL_AUX,
         "overlay": deep_merge(_SHORT_SCHEDULE, {
             "data": _SYNTH_HALF,
             "schedule": {"iterations": 300, "warmup": 30},
@@ -80,6 +87,7 @@ SCALES: dict[str, dict[str, Any]] = {
     "cpu": {
         "resources": {"cpu": 1, "gpu": 0},
         "arch_overlay": _SMALL_ARCHS,
+        "aux_overlay": _SMALL_AUX,
         "overlay": deep_merge(_SHORT_SCHEDULE, {
             "data": _SYNTH_HALF,
             "schedule": {"iterations": 2000, "warmup": 200},  # 4-10 min a run (datasets/README.md)
@@ -160,6 +168,11 @@ for _arch in ("daformer", "segformer"):
 # other values (proj_dim 512, temperature 100, min_purity 0.75) are its defaults. methods/contrastive.py
 # lists each value with its official file; tests/test_recipe.py holds them and fails on a drift.
 AUX_RECIPE: dict[str, dict[str, Any]] = {
+    # MFM's training integration is not released: the host's ClassMix image (its mixed label and weight),
+    # as the released Rebuilder's comment "Remove the Source Feature in Mixture" reads, reusing the host's
+    # encoder pass of it. It keeps MFM's extra cost under MIC's: +376 GFLOP a step against MIC's +697 with
+    # MiT-B5 at 512 (with the clean target image: +731; benchmarks/bench_aux_flops.py). methods/mfm.py.
+    "mfm": {"options": {"image": "mixed"}},
     "contrastive": {"options": {
         "loss_start": 3000,     # experiments.py start_distribution_iter = 3000 (prototypes from iteration 0)
         "head": "sepico",       # experiments.py num_convs = 2; mmseg/models/decode_heads/proj_head.py

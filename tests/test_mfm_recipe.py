@@ -264,3 +264,36 @@ def test_dacs_with_mfm_trains_with_each_option(smoke_config, tmp_path, image, lo
     metrics = train(cfg, progress=False)
     assert math.isfinite(metrics["loss/mfm/ce"]) and metrics["loss/mfm/ce"] > 0
     assert math.isfinite(metrics["loss/uda"]) and math.isfinite(metrics["target_miou"])
+
+
+# --------------------------------------------------------------------------------------------------
+# the scales' MFM recipe (harness/scales.py): the mixed image everywhere, a Rebuilder as wide as the
+# encoder's deepest stage (small scales: `small` on pvt_v2_b0; paper: the released `base` on MiT-B5)
+
+
+@pytest.mark.parametrize("scale", ["smoke", "demo", "cpu", "paper", "paper-synthia"])
+def test_each_scale_feeds_mfm_the_mixed_image_and_a_rebuilder_as_wide_as_the_encoder(scale):
+    from pathlib import Path
+
+    from harness.models import create_segmentor
+    from harness.scales import scale_overlay
+    from methods.mfm import MFM
+
+    config = Path(__file__).resolve().parents[1] / "studies" / "configs" / "daformer_mfm.yaml"
+    cfg = load_config(config, ["model.pretrained=null"], extra=scale_overlay(scale, "daformer", aux=["mfm"]))
+    opts = MFM.Options.model_validate(cfg.method.aux["mfm"].options)
+    assert opts.image == "mixed"
+    depth, width, heads = opts.resolved()
+    small = scale not in ("paper", "paper-synthia")
+    assert (depth, width, heads) == ((2, 256, 8) if small else (2, 512, 16))
+    if small:  # the small model's deepest stage is as wide as its Rebuilder (MiT-B5's is 512: base)
+        model = create_segmentor(cfg.model.arch, backbone=cfg.model.backbone, **cfg.model.options)
+        assert model.feature_channels[-1] == width
+    # an explicit choice wins over the scale's (the rebuilder study's axis, a user's --set)
+    chosen = load_config(config, ["model.pretrained=null", "method.aux.mfm.options.preset=base",
+                                  "method.aux.mfm.options.image=target"],
+                         extra=scale_overlay(scale, "daformer", aux=["mfm"]))
+    assert chosen.method.aux["mfm"].options["preset"] == "base"
+    assert chosen.method.aux["mfm"].options["image"] == "target"
+    # without the task enabled, the scale adds nothing
+    assert "aux" not in scale_overlay(scale, "daformer").get("method", {})
