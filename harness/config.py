@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveInt,
     ValidationError,
     field_validator,
@@ -118,6 +119,10 @@ class MethodConfig(Strict):
     # pseudo-label crop: the weight of the top/bottom rows of each target crop set to 0 (DAFormer)
     pseudo_weight_ignore_top: int = Field(0, ge=0)
     pseudo_weight_ignore_bottom: int = Field(0, ge=0)
+    # pseudo-label margins of the image (HRDA's crop_pseudo_margins): (top, bottom, left, right) pixels of each
+    # target image as loaded (after data.target.resize), cut and flipped with the training crop: a crop gets
+    # weight 0 on the part of them it holds, an interior crop none; None = off
+    pseudo_image_margins: tuple[NonNegativeInt, NonNegativeInt, NonNegativeInt, NonNegativeInt] | None = None
     # the EMA teacher's BatchNorm: `running` = eval mode with the EMA of the student's buffers (udabench's
     # small scales); `batch` = statistics of the target batch, dropout/drop-path off, EMA of parameters only
     teacher_bn: Literal["running", "batch"] = "running"
@@ -227,6 +232,12 @@ class RunConfig(Strict):
             raise ValueError(f"method.pseudo_weight_ignore_top + pseudo_weight_ignore_bottom "
                              f"({m.pseudo_weight_ignore_top} + {m.pseudo_weight_ignore_bottom}) would ignore every "
                              f"row of the {self.data.crop[0]}-pixel-high training crop")
+        if m.pseudo_image_margins is not None and (m.pseudo_weight_ignore_top or m.pseudo_weight_ignore_bottom):
+            raise ValueError(f"method.pseudo_image_margins {list(m.pseudo_image_margins)} (the image's margins, "
+                             f"HRDA) and method.pseudo_weight_ignore_top / _bottom ({m.pseudo_weight_ignore_top} / "
+                             f"{m.pseudo_weight_ignore_bottom}, each crop's rows, DAFormer) are two pseudo-label "
+                             "crops; set the crop's rows to 0 or the margins to null (the official dacs.py "
+                             "asserts the same)")
         return self
 
     @field_validator("device")
@@ -261,6 +272,7 @@ LATER_FIELDS: tuple[tuple[str, ...], ...] = (
     ("data", "source", "keep_ratio"), ("data", "target", "keep_ratio"), ("data", "val", "keep_ratio"),
     ("data", "rcs_min_crop_ratio"), ("data", "source_cat_max_ratio"),
     ("method", "pseudo_weight_ignore_top"), ("method", "pseudo_weight_ignore_bottom"),
+    ("method", "pseudo_image_margins"),
     ("method", "teacher_bn"), ("method", "fd"), ("method", "source_ce_mean"), ("method", "classmix_classes"),
     ("optim", "encoder_norm_decay_mult"), ("eval", "full_resolution_labels"),
     ("amp_dtype",), ("eval", "batch_size"),

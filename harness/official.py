@@ -4,7 +4,13 @@ The one place for the official values (issue 17). `harness.report.recipe` puts e
 udabench resolves for the same host at `--scale paper` (`udabench recipe`, reports/recipe_parity.md),
 and tests/test_recipe.py fails when a paper-scale value drifts from its official one without a named
 difference. Read from the official code (lhoyer/DAFormer e6f6e04, lhoyer/MIC 2f932a9 `seg/`,
-BIT-DA/SePiCo bce38ed); paths are relative to the host's code root (`Host.root`).
+lhoyer/HRDA c370b5b, BIT-DA/SePiCo bce38ed); paths are relative to the code root (`Host.root`) of the host
+whose row it is.
+
+A host built on another (`Host.base`: MIC(DAFormer) and HRDA on DAFormer, MIC(HRDA) on HRDA) inherits the
+base's rows, each still citing the base's repository, and lists only its own: a row of its own replaces the
+base's row of the same path, and `Host.without` drops base rows that do not apply (DAFormer's head options,
+which HRDA holds under `model.options.base_options`).
 
 Values are in udabench's terms (`data.crop` is (height, width), `method.color_jitter_p` the probability
 of applying the jitter, ...); the source says how the official file writes it. A row whose udabench
@@ -52,6 +58,8 @@ class Host:
     published: dict[str, Published] = field(default_factory=dict)  # scale -> number
     notes: tuple[str, ...] = ()
     scales: tuple[str, ...] = ("paper",)  # the scales with an official run (a parity table)
+    base: str | None = None               # the host whose rows this one inherits
+    without: tuple[str, ...] = ()         # paths of the base's rows that do not apply
 
 
 @dataclass(frozen=True)
@@ -69,8 +77,9 @@ class Official:
 
 
 DLV2, DAFORMER, MIC, SEPICO = "dacs-deeplabv2", "daformer", "mic-daformer", "sepico-daformer"
-_DAF = (DLV2, DAFORMER, MIC)   # the DAFormer code base (MIC's seg/ holds the same files)
-_MIT = (DAFORMER, MIC)         # DAFormer's recipe on MiT-B5
+HRDA, MIC_HRDA = "hrda", "mic-hrda"
+_DAF = (DLV2, DAFORMER)   # the DAFormer code base (MIC, HRDA: inherited through Host.base)
+_MIT = (DAFORMER,)        # DAFormer's recipe on MiT-B5
 
 HOSTS: dict[str, Host] = {h.name: h for h in (
     Host(DLV2, "DACS on DeepLab-v2 (DAFormer's re-run)", "lhoyer/DAFormer", "",
@@ -95,7 +104,29 @@ HOSTS: dict[str, Host] = {h.name: h for h in (
          {"paper": Published(70.6, "19", "MIC paper (CVPR 2023) Table 1, DAFormer + MIC (as quoted by issue 17 "
                              "and ../shared/reference/paper-scale.md P1-11)", False)},
          ("No official SYNTHIA -> Cityscapes run of MIC(DAFormer): experiments.py id 81 is GTA -> Cityscapes "
-          "only (SYNTHIA is run with HRDA, id 80).",)),
+          "only (SYNTHIA is run with HRDA, id 80).",), base=DAFORMER),
+    Host(HRDA, "HRDA(DAFormer)", "lhoyer/HRDA", "",
+         "experiments.py id 40: ('hrda1-512-0.1_daformer_sepaspp', 'mitb5'), gtaHR -> cityscapesHR at 1024x1024, "
+         "uda 'dacs_a999_fdthings', rcs 0.01 / 2.0, plcrop 'v2', slide inference, seeds 0, 1, 2 "
+         "(configs/hrda/gtaHR2csHR_hrda.py is its seed 1, annotated; SYNTHIA: synthiaHR)",
+         "studies/main.yaml", {"arch": "hrda", "aux": "none", "seed": 0},
+         {"paper": Published(73.8, "19", "lhoyer/HRDA README.md (GTA→CS(val))", True),
+          "paper-synthia": Published(65.8, "16", "lhoyer/HRDA README.md (Synthia→CS(val))", True)},
+         ("HRDA is DAFormer's recipe (rows from lhoyer/DAFormer) around the multi-resolution model, at twice "
+          "the resolution; the rows from lhoyer/HRDA are its own.",),
+         scales=("paper", "paper-synthia"), base=DAFORMER,
+         without=("model.options.embed_dim", "model.options.fusion_dilations", "model.options.dropout")),
+    Host(MIC_HRDA, "MIC(HRDA)", "lhoyer/MIC", "seg/",
+         "experiments.py id 80: ('hrda1-512-0.1_daformer_sepaspp', 'mitb5'), gtaHR / synthiaHR -> cityscapesHR, "
+         "mask_mode 'separatetrgaug', block 64, ratio 0.7, seeds 0, 1, 2 (configs/mic/gtaHR2csHR_mic_hrda.py is "
+         "its seed 2, annotated)",
+         "studies/main.yaml", {"arch": "hrda", "aux": "mim", "seed": 0},
+         {"paper": Published(75.9, "19", "lhoyer/MIC README.md (75.9 mIoU on GTA→Cityscapes)", True),
+          "paper-synthia": Published(67.3, "16", "MIC paper (CVPR 2023), as quoted by ../shared/reference/"
+                                     "methods.md section 5 (lhoyer/MIC's READMEs give no SYNTHIA number)", False)},
+         ("MIC(HRDA) is HRDA's recipe (rows from lhoyer/HRDA and lhoyer/DAFormer) with MIC's masked-image "
+          "task; the rows from lhoyer/MIC are its own.",),
+         scales=("paper", "paper-synthia"), base=HRDA),
     Host(SEPICO, "SePiCo ProtoCL(DAFormer)", "BIT-DA/SePiCo", "",
          "experiments.py id 6: ProtoCL, ('daformer_sepaspp_proj', 'mitb5'), all-stage fusion, seed 76",
          "studies/aux_tasks.yaml", {"task": "contrastive", "seed": 0},
@@ -133,7 +164,12 @@ _S_ALG = "mmseg/models/uda/sepico.py"
 
 _AMP = ("udabench trains under CUDA autocast (`amp_dtype` auto: bf16 where the GPU supports it, else fp16 with "
         "a gradient scaler) for speed and memory; expected effect none or small (paper-scale.md P3-18, an estimate)")
-_SEPICO_RES = ("every udabench host shares DAFormer's data pipeline (512 crops of 1024x512 Cityscapes); SePiCo "
+_H_CFG = "configs/hrda/gtaHR2csHR_hrda.py"
+_H_HEAD = "mmseg/models/decode_heads/hrda_head.py"
+_GTA_HR = "configs/_base_/datasets/uda_gtaHR_to_cityscapesHR_1024x1024.py"
+_SYN_HR = "configs/_base_/datasets/uda_synthiaHR_to_cityscapesHR_1024x1024.py"
+_MARGINS = "mmseg/datasets/cityscapes.py pre_pipeline"
+_SEPICO_RES = ("udabench's DAFormer host uses DAFormer's data pipeline (512 crops of 1024x512 Cityscapes); SePiCo "
                "trains and tests at 1280x640 with 640 crops (paper-scale.md P0-3: about 1 mIoU, an estimate)")
 
 
@@ -228,6 +264,9 @@ RECIPE: list[Official] = [
             _EXP + " (plcrop: pseudo_weight_ignore_top = 15); " + _ALG),
            ("method.pseudo_weight_ignore_bottom", "pseudo-label crop: bottom rows", 120,
             _EXP + " (plcrop: pseudo_weight_ignore_bottom = 120); " + _ALG)),
+    *_rows(_DAF,
+           ("method.pseudo_image_margins", "pseudo-label margins of the image (top, bottom, left, right)", None,
+            _ALG + " (pseudo_weight_ignore_top/_bottom only; HRDA adds crop_pseudo_margins)")),
     # ---------------------------------------------------------------- optimiser, schedule, evaluation
     *_rows(_DAF,
            ("optim.lr", "AdamW learning rate", 6e-5, _ADAMW + "; " + _EXP + " (lr = 0.00006)"),
@@ -250,17 +289,82 @@ RECIPE: list[Official] = [
                      _EXP + " (the norm rule applies to 'mit' backbones only)")),
     *_rows(_MIT, ("optim.encoder_norm_decay_mult", "weight decay x this on encoder norm parameters", 0.0,
                   _EXP + " ('mit' in backbone: custom_keys norm decay_mult=0.)")),
-    # ---------------------------------------------------------------- MIC
-    *_rows((MIC,),
+    # ---------------------------------------------------------------- MIC (on DAFormer: id 81; on HRDA: id 80)
+    *_rows((MIC, MIC_HRDA),
            ("method.aux.mim.options.variant", "masked-image task", "mic",
             "mmseg/models/uda/masking_consistency_module.py (masked target vs the teacher's pseudo-labels)"),
            ("method.aux.mim.weight", "MIC loss weight", 1.0, _EXP + " (mask_lambda = 1)"),
+           ("method.aux.mim.start_iter", "MIC from iteration", 0, _ALG + " (masked loss every iteration)")),
+    *_rows((MIC,),
            ("method.aux.mim.options.mask_ratio", "MIC mask ratio", 0.7, _EXP + " id 81 (mask_ratio = 0.7)"),
            ("method.aux.mim.options.block", "MIC mask block (pixels)", 32,
             _EXP + " id 81 (mask_block_size = 32 at 512 crops)"),
            ("method.aux.mim.options.color_aug", "colour jitter and blur on the masked image", True,
-            _EXP + " id 81 (mask_mode = 'separatetrgaug')"),
-           ("method.aux.mim.start_iter", "MIC from iteration", 0, _ALG + " (masked loss every iteration)")),
+            _EXP + " id 81 (mask_mode = 'separatetrgaug')")),
+    *_rows((MIC_HRDA,),
+           ("method.aux.mim.options.mask_ratio", "MIC mask ratio", 0.7,
+            _EXP + " id 80 (mask_ratio = 0.7); configs/mic/gtaHR2csHR_mic_hrda.py (mask_generator)"),
+           ("method.aux.mim.options.block", "MIC mask block (pixels)", 64,
+            _EXP + " id 80 (mask_block_size = 64 at 1024 crops); configs/mic/gtaHR2csHR_mic_hrda.py"),
+           ("method.aux.mim.options.color_aug", "colour jitter and blur on the masked image", True,
+            _EXP + " id 80 (mask_mode = 'separatetrgaug')")),
+    # ---------------------------------------------------------------- HRDA (lhoyer/HRDA; the rest: DAFormer's)
+    *_rows((HRDA,),
+           ("data.source.name", "source dataset", "gta5", _GTA_HR + " (GTADataset)"),
+           ("data.source.resize", "source resize (width, height)", [2560, 1440],
+            _GTA_HR + " (gta_train_pipeline Resize img_scale)"),
+           ("data.source.keep_ratio", "source resize keeps the aspect ratio", True,
+            _GTA_HR + " (mmseg Resize keep_ratio=True by default: GTA 1914x1052 -> 2560x1407)"),
+           ("data.target.name", "target dataset", "cityscapes", _GTA_HR + " (CityscapesDataset, leftImg8bit/train)"),
+           ("data.target.resize", "target resize (width, height)", [2048, 1024],
+            _GTA_HR + " (cityscapes_train_pipeline Resize img_scale: full resolution)"),
+           ("data.target.keep_ratio", "target resize keeps the aspect ratio", True,
+            _GTA_HR + " (cityscapes_train_pipeline Resize)"),
+           ("data.val.resize", "validation image resize (width, height)", [2048, 1024],
+            _GTA_HR + " (test_pipeline img_scale: full resolution)"),
+           ("data.val.keep_ratio", "validation resize keeps the aspect ratio", True,
+            _GTA_HR + " (test_pipeline Resize keep_ratio=True)"),
+           ("data.crop", "training crop (height, width)", [1024, 1024], _GTA_HR + " (crop_size)"),
+           ("data.flip", "horizontal flip probability", 0.5, _GTA_HR + " (RandomFlip prob=0.5)"),
+           ("data.source_cat_max_ratio", "source crop re-drawn while one class covers this share", 0.75,
+            _GTA_HR + " (RandomCrop cat_max_ratio=0.75)"),
+           ("data.rcs_min_crop_ratio", "rare-class crop re-drawn until it holds min_pixels x this", 2.0,
+            _H_CFG + " (rare_class_sampling min_crop_ratio=2.0); experiments.py id 40 (0.5 * 2 ** 2)"),
+           ("model.arch", "architecture", "hrda", _H_CFG + " (HRDAEncoderDecoder, HRDAHead)"),
+           ("model.options.base", "single-scale segmentor in both views", "daformer",
+            _H_CFG + " (single_scale_head='DAFormerHead'; " + _DAF_MODEL + ")"),
+           ("model.options.base_options.embed_dim", "head width", 256, _CONV1 + " (channels=256, embed_dims=256)"),
+           ("model.options.base_options.fusion_dilations", "fusion ASPP dilations", [1, 6, 12, 18],
+            _DAF_MODEL + " (dilations=(1, 6, 12, 18))"),
+           ("model.options.base_options.dropout", "head dropout", 0.1, _CONV1 + " (dropout_ratio=0.1)"),
+           ("model.options.context_scale", "context view scale", 0.5, _H_CFG + " (scales=[1, 0.5])"),
+           ("model.options.detail_crop", "detail crop (height, width)", [512, 512],
+            _H_CFG + " (hr_crop_size=[512, 512])"),
+           ("model.options.crop_coord_divisible", "detail crop corners on a grid of (pixels)", 8,
+            _H_CFG + " (crop_coord_divisible=8)"),
+           ("model.options.detail_loss_weight", "detail crop loss weight (lambda_d)", 0.1,
+            _H_CFG + " (hr_loss_weight=0.1)"),
+           ("model.options.attention_classwise", "scale attention per class", True,
+            _H_CFG + " (attention_classwise=True)"),
+           ("model.options.attention_embed_dim", "scale attention head width", 256,
+            _H_HEAD + " (attention_embed_dim=256; DAFormerHead with a 1x1 conv fusion)"),
+           ("model.options.slide_detail", "detail view in overlapping windows at inference (pseudo-labels)", True,
+            _H_CFG + " (hr_slide_inference=True)"),
+           ("probe:fd_view_scale", "feature distance on the encoder features of the input at scale", 0.5,
+            _H_CFG + " (feature_scale=0.5: the context view's features, as the original DAFormer)"),
+           ("method.pseudo_weight_ignore_top", "pseudo-label crop: top rows", 0,
+            _DACS + " (pseudo_weight_ignore_top=0; experiments.py id 40 plcrop='v2': the image's margins instead, "
+            + _ALG + " asserts valid_pseudo_mask is None otherwise)"),
+           ("method.pseudo_weight_ignore_bottom", "pseudo-label crop: bottom rows", 0,
+            _DACS + " (pseudo_weight_ignore_bottom=0; experiments.py id 40 plcrop='v2')"),
+           ("method.pseudo_image_margins", "pseudo-label margins of the image (top, bottom, left, right)",
+            [30, 240, 30, 30], _H_CFG + " (crop_pseudo_margins=[30, 240, 30, 30]); " + _MARGINS + " (the mask of "
+            "the 2048x1024 image, cropped and flipped with it: mmseg/datasets/uda_dataset.py, " + _ALG + ")"),
+           ("eval.mode", "inference", "slide", _H_CFG + " (test_cfg mode='slide', batched_slide=True)"),
+           ("eval.crop", "sliding window (height, width)", [1024, 1024], _H_CFG + " (test_cfg crop_size=[1024, 1024])"),
+           ("eval.stride", "sliding window stride", [512, 512], _H_CFG + " (test_cfg stride=[512, 512])"),
+           ("eval.protocol", "classes in the mean", "19", _GTA_HR + " (CityscapesDataset: 19 classes)"),
+           ("study.seeds", "seeds", [0, 1, 2], _EXP + " id 40 (seeds = [0, 1, 2])")),
     # ---------------------------------------------------------------- SePiCo (BIT-DA/SePiCo)
     *_rows((SEPICO,),
            ("data.source.name", "source dataset", "gta5", _S_DATA + " (GTADataset)"),
@@ -321,6 +425,8 @@ RECIPE: list[Official] = [
             _S_EXP + " (plcrop = True: pseudo_weight_ignore_top = 15)"),
            ("method.pseudo_weight_ignore_bottom", "pseudo-label crop: bottom rows", 120,
             _S_EXP + " (plcrop = True: pseudo_weight_ignore_bottom = 120)"),
+           ("method.pseudo_image_margins", "pseudo-label margins of the image (top, bottom, left, right)", None,
+            _S_ALG + " (pseudo_weight_ignore_top/_bottom only)"),
            ("optim.lr", "AdamW learning rate", 6e-5, _S_EXP + " (lr = 0.00006)"),
            ("optim.head_lr_mult", "head learning-rate multiplier", 10.0, _S_EXP + " (pmult: head lr_mult=10.)"),
            ("optim.weight_decay", "weight decay", 0.01, "configs/_base_/schedules/adamw.py (weight_decay=0.01)"),
@@ -407,6 +513,14 @@ RECIPE += [
     Official("eval.protocol", "classes in the mean", "16",
              "README.md (Synthia->Cityscapes: mIoU over 16 classes, mIoU16 = mIoU19 * 19 / 16)", (DAFORMER,),
              scale="paper-synthia"),
+    # HRDA (and MIC(HRDA), inheriting): experiments.py id 40 syn2cs = ('synthiaHR', 'cityscapesHR', '1024x1024')
+    Official("data.source.name", "source dataset", "synthia", _SYN_HR + " (SynthiaDataset)", (HRDA,),
+             scale="paper-synthia"),
+    Official("data.source.resize", "source resize (width, height)", [2560, 1520],
+             _SYN_HR + " (synthia_train_pipeline Resize img_scale)", (HRDA,), scale="paper-synthia"),
+    Official("eval.protocol", "classes in the mean", "16",
+             "README.md (Synthia→Cityscapes: mIoU over the 16 classes SYNTHIA labels)", (HRDA,),
+             scale="paper-synthia"),
 ]
 
 # Not recipe values: where things are, how fast, how often results are written (path -> why)
@@ -419,9 +533,9 @@ NOT_RECIPE: dict[str, str] = {
     "data.val.domain": "synthetic sets only", "data.source.split": "train", "data.target.split": "train",
     "data.val.split": "val", "data.val.name": "as the target", "data.source.options": "loader options",
     "data.target.options": "loader options", "data.val.options": "loader options",
-    "eval.crop": "slide inference only", "eval.stride": "slide inference only",
     "eval.max_images": "smoke runs", "eval.batch_size": "speed",
     "model.options.out_indices": "all four stages, as the official head",
+    "model.options.base_options.out_indices": "all four stages, as the official head",
     "checkpoint_keep": "which checkpoints are kept", "selection": "label-free criteria logged, result-neutral",
     "method.aux.mim.lr_mult": "the mic variant has no parameters of its own",
     "method.aux.mim.options.target": "recon variant only", "method.aux.mim.options.norm_target": "recon variant only",
@@ -438,14 +552,48 @@ INERT: dict[str, tuple[str, Any]] = {
     "data.rcs_min_crop_ratio": ("data.rare_class_sampling", False),
     "method.fd.classes": ("method.fd.weight", 0.0),
     "method.fd.min_ratio": ("method.fd.weight", 0.0),
+    "eval.crop": ("eval.mode", "whole"),
+    "eval.stride": ("eval.mode", "whole"),
 }
 
 
+def _key(row: Official) -> str:
+    return row.path or row.what
+
+
+def _merged(rows: list[Official], own: list[Official]) -> list[Official]:
+    """`rows` with each of `own` replacing the row of the same path (or, without a path, the same item), the
+    others appended."""
+    index = {_key(r): i for i, r in enumerate(rows)}
+    out = list(rows)
+    for r in own:
+        if _key(r) in index:
+            out[index[_key(r)]] = r
+        else:
+            index[_key(r)] = len(out)
+            out.append(r)
+    return out
+
+
+def _chain(host: str, scale: str) -> list[Official]:
+    h = HOSTS[host]
+    rows = [r for r in _chain(h.base, scale) if r.path not in h.without] if h.base else []
+    rows = _merged(rows, [r for r in RECIPE if host in r.hosts and r.scale is None])
+    return _merged(rows, [r for r in RECIPE if host in r.hosts and r.scale == scale])
+
+
 def rows_for(host: str, scale: str = "paper") -> list[Official]:
-    """The official rows of `host` at `scale` (a scale's own rows replace the general ones of the same path);
-    KeyError for a host without an official run at that scale."""
+    """The official rows of `host` at `scale`: its base's (`Host.base`, recursively), then its own general
+    rows, then its own rows of that scale, each replacing the earlier row of the same path; KeyError for a
+    host without an official run at that scale."""
     if scale not in HOSTS[host].scales:
         raise KeyError(f"{host} has no official run at scale {scale}")
-    general = [r for r in RECIPE if host in r.hosts and r.scale is None]
-    special = {r.path: r for r in RECIPE if host in r.hosts and r.scale == scale}
-    return [special.pop(r.path, r) for r in general] + list(special.values())
+    return _chain(host, scale)
+
+
+def origin(host: str, row: Official) -> Host:
+    """The host whose official code a row of `host` comes from: `host` or the nearest base listing it."""
+    h = HOSTS[host]
+    while h.name not in row.hosts and h.base:
+        h = HOSTS[h.base]
+    return h

@@ -3,14 +3,17 @@
 - smoke: seconds; what the tests run (tiny crops, a handful of iterations).
 - demo:  minutes; what `make demo` runs.
 - cpu:   the synthetic benchmark in full on two CPU cores (the calibrated domain gap).
-- paper: real datasets, 40k iterations, 512 crops, a GPU (validated here, never run).
-- paper-synthia: `paper` with SYNTHIA as the source (1280x760) and the SYNTHIA 16-class protocol.
+- paper: real datasets, 40k iterations, 512 crops, a GPU (validated here, never run); `hrda` at high
+  resolution (GTA 2560x1440, Cityscapes 2048x1024, 1024 crops, sliding-window evaluation).
+- paper-synthia: `paper` with SYNTHIA as the source (1280x760; `hrda`: 2560x1520) and the SYNTHIA
+  16-class protocol.
 
 A preset is a config overlay (merged under the trial's axes and `--set` overrides) plus, per
 architecture, the backbone and any recipe difference at that scale (`arch_overlay`), so a study that
 varies `model.arch` gets a sensible model at every scale; per auxiliary task, its recipe at that scale
-(`aux_overlay`, merged only for the tasks a run enables); and the Ray resources a study trial asks for
-by default (a study file may set its own).
+(`aux_overlay`, merged only for the tasks a run enables; an architecture's own task recipe goes under
+`method.aux` of its `arch_overlay`, merged the same way, after the scale's); and the Ray resources a study
+trial asks for by default (a study file may set its own).
 
 The small scales differ from the paper recipe where a short CPU schedule from random initialisation
 needs it, and say so here: images at half the generated size (128x64, whole images), learning rate
@@ -162,6 +165,34 @@ SCALES["paper"]["overlay"] = deep_merge(SCALES["paper"]["overlay"], PAPER_RECIPE
 for _arch in ("daformer", "segformer"):
     SCALES["paper"]["arch_overlay"][_arch] = deep_merge(SCALES["paper"]["arch_overlay"][_arch], _MIT_RECIPE)
 
+# --- HRDA at paper scale (issue 18): DAFormer's recipe around HRDA, at HRDA's resolution -----------------
+# lhoyer/HRDA configs/hrda/gtaHR2csHR_hrda.py (experiments.py id 40) = DAFormer's model, uda and schedule
+# files plus the values below; harness/official.py holds each with its file and tests/test_recipe.py the
+# parity. Its data preset lives with the architecture, so a study varying model.arch gets HRDA rows at
+# high resolution while the other architectures keep 1024x512.
+_HRDA: dict[str, Any] = {
+    "model": {"backbone": "pvt_v2_b5", "pretrained": "pretrained/mit_b5.pth", "options": {
+        # configs/_base_/models/daformer_sepaspp_mitb5.py (the base) and its HRDA wrapping: scales [1, 0.5],
+        # hr_crop_size 512, crop_coord_divisible 8, hr_loss_weight 0.1, attention_classwise, hr_slide_inference
+        "base": "daformer",
+        "base_options": {"embed_dim": 256, "fusion_dilations": [1, 6, 12, 18], "dropout": 0.1},
+        "context_scale": 0.5, "detail_crop": [512, 512], "crop_coord_divisible": 8, "detail_loss_weight": 0.1,
+        "attention_classwise": True, "attention_embed_dim": 256, "slide_detail": True}},
+    "method": {
+        "ema_alpha": 0.999,
+        # configs/hrda/gtaHR2csHR_hrda.py crop_pseudo_margins [30, 240, 30, 30] (top, bottom, left, right) of
+        # the 2048x1024 image, cut with the crop (mmseg/datasets/cityscapes.py); DAFormer's per-crop rows off
+        "pseudo_image_margins": [30, 240, 30, 30], "pseudo_weight_ignore_top": 0, "pseudo_weight_ignore_bottom": 0,
+        "aux": {"mim": {"options": {"block": 64}}},  # MIC(HRDA): lhoyer/MIC seg/experiments.py id 80
+    },
+    # configs/_base_/datasets/uda_gtaHR_to_cityscapesHR_1024x1024.py; RCS min_crop_ratio 2.0 (four times
+    # the pixels of DAFormer's crops); test_cfg slide 1024 / stride 512 over the full-resolution image
+    "data": {"source": {"resize": [2560, 1440]}, "target": {"resize": [2048, 1024]},
+             "val": {"resize": [2048, 1024]}, "crop": [1024, 1024], "rcs_min_crop_ratio": 2.0},
+    "eval": {"mode": "slide", "crop": [1024, 1024], "stride": [512, 512]},
+}
+SCALES["paper"]["arch_overlay"]["hrda"] = deep_merge(_MIT_RECIPE, _HRDA)
+
 # --- the auxiliary tasks' recipes at paper scale (issue 17) ---------------------------------------------
 # Merged into `method.aux.<task>` only for the tasks a run enables (`scale_overlay(..., aux=...)`): a scale
 # never enables a task. `contrastive` is SePiCo's ProtoCL (BIT-DA/SePiCo, experiments.py id 6); the task's
@@ -187,10 +218,12 @@ SCALES["paper"]["aux_overlay"] = AUX_RECIPE
 # SYNTHIA -> Cityscapes: the paper scale with SYNTHIA as the source (DAFormer
 # configs/_base_/datasets/uda_synthia_to_cityscapes_512x512.py: Resize (1280, 760), otherwise identical) and
 # the 16-class protocol. A scale of its own, so every study and run config runs on it unchanged
-# (`--scale paper-synthia`); it shares the paper scale's per-architecture recipe and weights.
+# (`--scale paper-synthia`); it shares the paper scale's per-architecture recipe and weights, but for HRDA's
+# SYNTHIA at high resolution (HRDA configs/_base_/datasets/uda_synthiaHR_to_cityscapesHR_1024x1024.py).
 SCALES["paper-synthia"] = {
     "resources": SCALES["paper"]["resources"],
-    "arch_overlay": SCALES["paper"]["arch_overlay"],
+    "arch_overlay": {**SCALES["paper"]["arch_overlay"], "hrda": deep_merge(
+        SCALES["paper"]["arch_overlay"]["hrda"], {"data": {"source": {"resize": [2560, 1520]}}})},
     "aux_overlay": SCALES["paper"]["aux_overlay"],
     "overlay": deep_merge(SCALES["paper"]["overlay"], {
         "data": {"source": {"name": "synthia", "root": "datasets/synthia", "resize": [1280, 760]}},
@@ -206,11 +239,15 @@ def scale_overlay(name: str, arch: str | None = None, aux: Iterable[str] = ()) -
         raise ConfigError(f"unknown scale '{name}'{closest(name, SCALES)}; valid: {', '.join(SCALES)}")
     scale = SCALES[name]
     overlay = copy.deepcopy(scale["overlay"])
+    arch_tasks: dict[str, Any] = {}
     if arch is not None and arch in scale["arch_overlay"]:
-        overlay = deep_merge(overlay, scale["arch_overlay"][arch])
-    tasks = {t: scale["aux_overlay"][t] for t in aux if t in scale.get("aux_overlay", {})}
-    if tasks:
-        overlay = deep_merge(overlay, {"method": {"aux": tasks}})
+        arch_overlay = copy.deepcopy(scale["arch_overlay"][arch])
+        arch_tasks = arch_overlay.get("method", {}).pop("aux", {})  # task recipes: only for enabled tasks
+        overlay = deep_merge(overlay, arch_overlay)
+    for recipes in (scale.get("aux_overlay", {}), arch_tasks):
+        tasks = {t: recipes[t] for t in aux if t in recipes}
+        if tasks:
+            overlay = deep_merge(overlay, {"method": {"aux": tasks}})
     return overlay
 
 

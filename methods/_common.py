@@ -1,6 +1,8 @@
 """Helpers the auxiliary tasks share: random token/block masks, the pseudo-label cross-entropy,
-the (optionally colour-augmented) target view, the host's mixed image, and SePiCo's purity-aware label
-down-sampling.
+the (optionally colour-augmented) target view, the host's mixed image, SePiCo's purity-aware label
+down-sampling, and the model passes the host and the tasks call on any architecture (single-view
+segmentors and HRDA's two views: `predict`, `view_features`, `train_features`, `features_loss`,
+`seg_loss`).
 
 Not a task itself (nothing here is registered); `methods/contrastive.py`, `mim.py` and `mfm.py` use it.
 """
@@ -17,14 +19,17 @@ from methods.base import StepContext
 
 
 def random_keep(batch: int, height: int, width: int, ratio: float, device: torch.device | str,
-                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                dtype: torch.dtype = torch.float32,
+                region: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """A fresh per-sample Bernoulli keep mask `B x 1 x h x w` (1 = visible, 0 = masked).
 
     Each cell is masked independently with probability `ratio`, so the realised ratio matches it in
     expectation, not exactly (as in MIC and MFM: ``keep = U(0, 1) > ratio``). A sample whose every cell
     drew "masked" keeps its highest draw visible: on the small grids of CPU-scale images (a 64x128 image
     in 32-pixel blocks has 8) a fully masked sample is frequent (0.7^8 = 6%), carries nothing to
-    predict from, and an all-zero image made the PVTv2 encoder's gradients non-finite.
+    predict from, and an all-zero image made the PVTv2 encoder's gradients non-finite. With `region`
+    (rows r1:r2, columns c1:c2 of the grid: the cells an encoder will see alone, HRDA's detail crop) the
+    same holds inside it: a sample whose region drew only "masked" keeps the region's highest draw.
     """
     u = torch.rand(batch, 1, height, width, device=device)
     keep = u > ratio
@@ -33,14 +38,28 @@ def random_keep(batch: int, height: int, width: int, ratio: float, device: torch
     if none.any():
         best = u.view(batch, -1).argmax(1)
         flat[none, best[none]] = True
+    if region is not None:
+        r1, r2, c1, c2 = region
+        inner, u_in = keep[:, 0, r1:r2, c1:c2], u[:, 0, r1:r2, c1:c2]
+        flat, none = inner.reshape(batch, -1), ~inner.reshape(batch, -1).any(1)
+        if none.any():
+            best = u_in.reshape(batch, -1).argmax(1)
+            flat[none, best[none]] = True
+            keep[:, 0, r1:r2, c1:c2] = flat.view_as(inner)
     return keep.to(dtype)
 
 
-def block_keep(images: torch.Tensor, block: int, ratio: float) -> torch.Tensor:
+def block_keep(images: torch.Tensor, block: int, ratio: float,
+               box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """MIC's block mask for `images` (B x C x H x W): a keep mask on a grid of `block` x `block` pixel
-    blocks, nearest-upsampled to `B x 1 x H x W`."""
+    blocks, nearest-upsampled to `B x 1 x H x W`. With `box` (y1, y2, x1, x2 in pixels: the crop HRDA's
+    training pass will encode alone) a block overlapping it stays visible (`random_keep`'s `region`)."""
     b, _, h, w = images.shape
-    keep = random_keep(b, math.ceil(h / block), math.ceil(w / block), ratio, images.device, images.dtype)
+    region = None
+    if box is not None:
+        y1, y2, x1, x2 = box
+        region = (y1 // block, math.ceil(y2 / block), x1 // block, math.ceil(x2 / block))
+    keep = random_keep(b, math.ceil(h / block), math.ceil(w / block), ratio, images.device, images.dtype, region)
     return keep.repeat_interleave(block, 2).repeat_interleave(block, 3)[..., :h, :w]
 
 
@@ -109,13 +128,61 @@ def crop(t: torch.Tensor, box: tuple[int, int, int, int] | None) -> torch.Tensor
     return t if box is None else t[..., box[0]:box[1], box[2]:box[3]]
 
 
-def seg_loss(model: torch.nn.Module, x: torch.Tensor, criterion) -> torch.Tensor:
-    """`model.seg_loss(x, criterion)` (harness.models.base.Segmentor; HRDA adds its detail crop), or
-    `criterion(model(x), None)` for a plain module."""
+def single_view(model: torch.nn.Module) -> bool:
+    """Whether `model(x)` is `decode(encode(x))` resized (Segmentor.single_view; True for a plain module).
+    False for HRDA (harness/models/hrda.py), whose training pass is two views: the helpers below dispatch."""
+    return getattr(model, "single_view", True)
+
+
+# One model interface for the host and the tasks, whatever the architecture. A single-view model's
+# training-pass features are `encode(x)` (a list of stages); HRDA's are a `Views` (its context view and
+# detail crop, each a list of stages, and the crop's box).
+
+def predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Inference-path logits at the input size, whatever the modules' training flags (a teacher whose
+    BatchNorm runs on batch statistics): HRDA's `predict` (context + detail windows, fused, as the
+    official `generate_pseudo_label`), else `model(x)`."""
+    return model.predict(x) if not single_view(model) else model(x)
+
+
+def view_features(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The encoder stages the feature distance and the one-view tasks (contrastive, mim recon) read:
+    `encode(x)`, or HRDA's context view's (its `feature_scale` 0.5)."""
+    return model.view_features(x) if not single_view(model) else model.encode(x)
+
+
+def train_features(model: torch.nn.Module, x: torch.Tensor):
+    """The encoder half of a training pass: `encode(x)`, or HRDA's `encode_views(x)` (a random detail crop)."""
+    return model.encode_views(x) if not single_view(model) else model.encode(x)
+
+
+def features_loss(model: torch.nn.Module, feats, size: tuple[int, int], criterion) -> torch.Tensor:
+    """The decoder half and the loss of a training pass on `feats` (of `train_features`, possibly rebuilt):
+    `criterion(logits, None)` with `decode(feats)` resized to `size`, or HRDA's `views_loss` (the fused
+    and the detail crop's loss). `criterion(logits, box)`: see `seg_loss`."""
+    if not single_view(model):
+        return model.views_loss(feats, criterion)
+    logits = F.interpolate(model.decode(feats), size=size, mode="bilinear", align_corners=False)
+    return criterion(logits, None)
+
+
+def each_view(feats) -> list[list[torch.Tensor]]:
+    """The stage lists of `train_features`' result: one for a single view, HRDA's context then detail."""
+    return [feats.context, feats.detail] if hasattr(feats, "box") else [feats]
+
+
+def training_box(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int, int, int] | None:
+    """The crop a training pass of `x` encodes on its own, drawn now (HRDA's random detail crop), or None."""
+    return model.detail_box(*x.shape[-2:]) if not single_view(model) else None
+
+
+def seg_loss(model: torch.nn.Module, x: torch.Tensor, criterion,
+             box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """`model.seg_loss(x, criterion)` (harness.models.base.Segmentor; HRDA adds its detail crop, at `box`
+    if given, e.g. from `training_box`), or `criterion(model(x), None)` for a plain module.
+    `criterion(logits, box)` scores logits covering the whole label (`box` None) or
+    `label[..., y1:y2, x1:x2]` (HRDA's detail crop; `crop`)."""
+    if box is not None:
+        return model.seg_loss(x, criterion, box)
     own = getattr(model, "seg_loss", None)
     return own(x, criterion) if own is not None else criterion(model(x), None)
-
-
-def single_view(model: torch.nn.Module) -> bool:
-    """Whether `model(x)` is `decode(encode(x))` resized (Segmentor.single_view; True for a plain module)."""
-    return getattr(model, "single_view", True)

@@ -14,7 +14,10 @@ of recomputing):
   `"mixed_label"` (B x H x W) and `"mixed_weight"` (B x H x W, the pixel weights of its loss);
 - only when a task running this step declares it in `AuxTask.reuses` (the engine puts the union into
   `ctx.reuse`): `"mixed_features"` / `"source_features"`, the student's encoder stage outputs (shallow to
-  deep) of the mixed image / of the source image from the source CE pass, WITH their autograd graph. The
+  deep) of the mixed image / of the source image from the source CE pass, WITH their autograd graph. On
+  HRDA (two views a pass) `"mixed_features"` is the pass's `harness.models.hrda.Views` (context view,
+  detail crop, its box: what `_common.train_features` returns) and `"source_features"` the context view's
+  stages (what `_common.view_features` returns: the view the one-view tasks read). The
   host back-propagates its own loss on them with `retain_graph=True`; a task's loss through them gives
   the gradients a fresh `encode` of the same image would give, without a second encoder pass. The engine
   back-propagates the task losses keeping the graph (two tasks may share it) and drops these entries
@@ -50,6 +53,8 @@ class StepContext:
                                          # 'batch'), never receives gradients
     pseudo_label: torch.Tensor | None = None   # B x H x W, long, teacher argmax on the clean target
     pseudo_weight: torch.Tensor | None = None  # B x H x W, float confidence weight
+    pseudo_valid: torch.Tensor | None = None   # B x H x W, bool: target pixels outside the image's
+                                         # pseudo-label margins (method.pseudo_image_margins); None = off
     target_label: torch.Tensor | None = None   # only the oracle host may read this
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # host's strong colour/blur aug
     mean: torch.Tensor | None = None     # 1x3x1x1 normalisation, 0-255 units

@@ -60,6 +60,16 @@ from random initialisation (the reason the hosts use 0.99 there, harness/scales.
 `method.aux.contrastive.start_iter` (the engine's) delays the whole task, prototypes included; SePiCo's
 start is `loss_start`.
 
+On HRDA (harness/models/hrda.py), every view above is the image's context view (`view_features`: the
+whole image at HRDA's context scale 0.5, the features HRDA's feature distance reads, `feature_scale`
+0.5), for the teacher's prototypes and the student's embeddings alike, and the `dacs` host's reused
+source pass is its context view. Why that view: SePiCo contrasts the pixels of whole images against
+class prototypes, and the context view is the one view that covers the whole image (labels area-
+downscale onto it as onto a single-view model's features); the detail crop is a random half-size window
+at inference replaced by sliding windows, and no official code (SePiCo is DAFormer-based) defines
+contrast on it. The segmentation losses stay HRDA's own (the host's); the task adds no encoder pass of
+the detail view.
+
 Not reproduced: SePiCo draws one colour-jitter/blur decision per batch, shared by source and target (the
 host's augmentation draws per image); its own host trains the source CE on the augmented source (the
 `dacs` host: the clean one); its ProtoCL run's 640-pixel crops with pseudo-label regeneration
@@ -80,7 +90,7 @@ from torch import nn
 
 from harness.labels import IGNORE_INDEX
 from methods import register_aux
-from methods._common import downscale_label, require_pseudo_labels, target_view
+from methods._common import downscale_label, require_pseudo_labels, target_view, view_features
 from methods.base import AuxTask, StepContext
 
 
@@ -219,9 +229,9 @@ class Contrastive(AuxTask):
         """The student's encoder stages of the source view: the host's pass of the clean source when it
         left one (`ctx.extras["source_features"]`), else a pass of the task's own."""
         if self.opts.source_aug and ctx.augment is not None:
-            return list(ctx.student.encode(ctx.augment(ctx.source_image)))
+            return list(view_features(ctx.student, ctx.augment(ctx.source_image)))
         reused = ctx.extras.get("source_features")
-        return list(reused) if reused is not None else list(ctx.student.encode(ctx.source_image))
+        return list(reused) if reused is not None else list(view_features(ctx.student, ctx.source_image))
 
     def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         # 1. prototypes from the EMA teacher's view of the labelled clean source batch, every iteration
@@ -230,7 +240,7 @@ class Contrastive(AuxTask):
                                f"at iteration {ctx.iteration}; use a self-training host such as 'dacs'")
         with torch.no_grad():
             self.head_ema.train(self.opts.ema_bn == "batch")
-            emb_t = self.head_ema(list(ctx.teacher.encode(ctx.source_image)))
+            emb_t = self.head_ema(list(view_features(ctx.teacher, ctx.source_image)))
             self.update_prototypes(emb_t, self._labels(ctx.source_label, emb_t))
         if ctx.iteration < self.opts.loss_start:
             return {}
@@ -242,7 +252,7 @@ class Contrastive(AuxTask):
         if self.opts.target:
             label, weight = require_pseudo_labels(ctx, "contrastive")
             label = label.masked_fill(weight <= 0, IGNORE_INDEX)
-            emb = self.head(list(ctx.student.encode(target_view(ctx, self.opts.color_aug))))
+            emb = self.head(list(view_features(ctx.student, target_view(ctx, self.opts.color_aug))))
             losses["target"] = self.proto_loss(emb, self._labels(label, emb))
         return losses
 

@@ -14,8 +14,12 @@ The DAFormer/MIC recipe adds, each an option of `method` that is off at the smal
 paper scale (harness/scales.py, README "Paper-scale recipe"):
 - `fd`: ImageNet feature distance (DAFormer `calc_feat_dist`): the L2 distance between the student's
   last encoder stage and a frozen, eval-mode copy of the initial encoder, on source images, averaged over
-  the cells of `fd.classes` in the area-downscaled label, back-propagated right after the source CE;
-- `pseudo_weight_ignore_top` / `_bottom`: the pseudo-weight of those rows of each target crop set to 0;
+  the cells of `fd.classes` in the area-downscaled label, back-propagated right after the source CE (on
+  HRDA the context view's deepest stage of the same source pass, against the frozen copy's of the same
+  view: the official HRDA's `feature_scale` 0.5 in `calc_feat_dist`);
+- `pseudo_weight_ignore_top` / `_bottom`: the pseudo-weight of those rows of each target crop set to 0
+  (DAFormer); `pseudo_image_margins`: of the pixels in those margins of the target image, cut with the crop
+  (HRDA's `crop_pseudo_margins`: the data loader's `ctx.pseudo_valid` multiplies the weight);
 - `teacher_bn: batch`: the teacher's BatchNorm uses the target batch's statistics (dropout and drop-path
   off: every module but BatchNorm in eval mode), and the EMA averages parameters only;
 - `source_ce_mean: all`: the source CE averaged over all pixels, ignored ones counting 0 (mmseg);
@@ -27,6 +31,12 @@ pixel weight, and, when a task of the step asks for them (`ctx.reuse`), the stud
 the mixed and of the source image with their graph, its own loss back-propagated with `retain_graph`
 (the contract is in methods/base.py). The student's passes are `decode(encode(x))` then the bilinear
 resize, exactly `model(x)`, so the host's losses are the same to the bit with or without reuse.
+
+On HRDA (harness/models/hrda.py) each student pass is HRDA's training pass (`encode_views`: the context
+view and a random detail crop; `views_loss`: the fused loss and the detail crop's, with the label and
+weight cropped), and the teacher's pseudo-labels come from HRDA's inference path (`_common.predict`:
+context view + sliding detail windows, fused), as the official `generate_pseudo_label` -> `encode_decode`,
+whatever the teacher's modules' training flags.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from harness.labels import IGNORE_INDEX
 from methods import register_host
-from methods._common import crop, downscale_label, seg_loss, single_view
+from methods._common import crop, downscale_label, predict, single_view, view_features
 from methods.base import Backward, HostMethod, StepContext
 
 
@@ -147,18 +157,21 @@ class DACS(HostMethod):
     def pseudo_label(self, target_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cfg.teacher_bn == "batch":
             set_teacher_mode(self.teacher, "batch")
-        probs = torch.softmax(self.teacher(target_image).float(), dim=1)
+        probs = torch.softmax(predict(self.teacher, target_image).float(), dim=1)  # HRDA: windows, fused
         confidence, label = probs.max(dim=1)
         ratio = (confidence >= self.cfg.pseudo_threshold).float().mean()
         return label, ratio * torch.ones_like(confidence)
 
-    def crop_pseudo_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """The pseudo-label crop: rows `pseudo_weight_ignore_top` / `_bottom` of each crop get weight 0."""
+    def crop_pseudo_weight(self, weight: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The pseudo-label crop: rows `pseudo_weight_ignore_top` / `_bottom` of each crop get weight 0; with
+        `valid` (B x H x W, the image's margins cut with the crop), its False pixels too."""
         top, bottom = self.cfg.pseudo_weight_ignore_top, self.cfg.pseudo_weight_ignore_bottom
         if top > 0:
             weight[:, :top, :] = 0
         if bottom > 0:
             weight[:, -bottom:, :] = 0
+        if valid is not None:
+            weight = weight * valid
         return weight
 
     def source_loss(self, ctx: StepContext, backward: Backward) -> None:
@@ -166,29 +179,34 @@ class DACS(HostMethod):
         source features go to `ctx.extras` when a task reuses them."""
         c = self.cfg
         share = "source_features" in ctx.reuse
-        if not single_view(self.model):  # HRDA: the fused and the detail-crop loss (no FD, no reuse: resolve.py)
+        if not single_view(self.model):
+            # HRDA: one training pass (context view + detail crop), the fused and the detail crop's loss;
+            # FD and the tasks read its context view (HRDA's feature_scale 0.5)
             mean_all = c.source_ce_mean == "all"
-            backward("sup", seg_loss(self.model, ctx.source_image, lambda logits, box: pixel_ce(
-                logits, crop(ctx.source_label, box), None, mean_all)))
-            return
-        if c.fd.weight > 0 or share:
-            features = self.model.encode(ctx.source_image)
-            logits = self.model.decode(features)
-            logits = F.interpolate(logits, size=ctx.source_image.shape[-2:], mode="bilinear", align_corners=False)
+            views = self.model.encode_views(ctx.source_image)
+            loss = self.model.views_loss(views, lambda logits, box: pixel_ce(
+                logits, crop(ctx.source_label, box), None, mean_all))
+            features = views.context
         else:
-            logits = self.model(ctx.source_image)
-        if c.source_ce_mean == "all":
-            loss = F.cross_entropy(logits, ctx.source_label, ignore_index=IGNORE_INDEX, reduction="none").mean()
-        else:
-            loss = F.cross_entropy(logits, ctx.source_label, ignore_index=IGNORE_INDEX)
-        del logits
+            if c.fd.weight > 0 or share:
+                features = self.model.encode(ctx.source_image)
+                logits = self.model.decode(features)
+                logits = F.interpolate(logits, size=ctx.source_image.shape[-2:], mode="bilinear",
+                                       align_corners=False)
+            else:
+                logits = self.model(ctx.source_image)
+            if c.source_ce_mean == "all":
+                loss = F.cross_entropy(logits, ctx.source_label, ignore_index=IGNORE_INDEX, reduction="none").mean()
+            else:
+                loss = F.cross_entropy(logits, ctx.source_label, ignore_index=IGNORE_INDEX)
+            del logits
         if c.fd.weight <= 0 and not share:
             backward("sup", loss)
             return
         backward("sup", loss, retain_graph=True)
         if c.fd.weight > 0:
             with torch.no_grad():
-                frozen = self.imnet.encode(ctx.source_image)[-1]
+                frozen = view_features(self.imnet, ctx.source_image)[-1]
             dist = feature_distance(features[-1], frozen, ctx.source_label, c.fd.classes, c.fd.min_ratio,
                                     self.model.num_classes)
             backward("fd", c.fd.weight * dist, retain_graph=share)
@@ -207,7 +225,7 @@ class DACS(HostMethod):
         ctx.pseudo_label, ctx.pseudo_weight = self.pseudo_label(ctx.target_image)
         ctx.augment = self.augment(ctx)
         ctx.stats["pseudo_weight"] = float(ctx.pseudo_weight.flatten()[0])  # the confident share
-        ctx.pseudo_weight = self.crop_pseudo_weight(ctx.pseudo_weight)
+        ctx.pseudo_weight = self.crop_pseudo_weight(ctx.pseudo_weight, ctx.pseudo_valid)
         # 3. ClassMix (source pixels keep their label and weight 1) and 4. strong augmentation
         if self.cfg.mix == "classmix":
             mask = class_mix_masks(ctx.source_label, self.cfg.classmix_classes)
@@ -220,9 +238,12 @@ class DACS(HostMethod):
         ctx.extras.update(mixed_image=image, mixed_label=label, mixed_weight=weight)
         # 5. student on the mixed image, pixel-weighted CE (its encoder pass kept for a task that reuses it)
         share = "mixed_features" in ctx.reuse
-        if not single_view(self.model):
-            backward("uda", seg_loss(self.model, image, lambda logits, box: pixel_ce(
-                logits, crop(label, box), crop(weight, box), True)))
+        if not single_view(self.model):  # HRDA: one training pass of the mixed image, both views kept
+            views = self.model.encode_views(image)
+            backward("uda", self.model.views_loss(views, lambda logits, box: pixel_ce(
+                logits, crop(label, box), crop(weight, box), True)), retain_graph=share)
+            if share:
+                ctx.extras["mixed_features"] = views
             return
         features = self.model.encode(image)
         logits = F.interpolate(self.model.decode(features), size=image.shape[-2:], mode="bilinear",

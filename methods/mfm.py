@@ -44,6 +44,25 @@ gradients are those of a fresh encode of the same image (tests/test_mfm_recipe.p
 Two differences from a fresh encode: BatchNorm running statistics are updated once for the mixed image
 (not twice), and drop-path / dropout, where on, share the host pass's draw.
 
+On HRDA (harness/models/hrda.py) the student's training pass has two views, each through the one
+encoder: the context view (the whole image at scale 0.5) and a random detail crop at full resolution.
+udabench feeds the Rebuilder each view's stages separately (one Rebuilder, a fresh keep mask per view)
+and decodes the two rebuilt views through HRDA's own heads, scale attention and fusion, with HRDA's own
+loss (the fused logits weighted 1 - lambda_d, the detail crop's weighted lambda_d, label and weight
+cropped for it): the host's loss on the encoder's views, with rebuilt features in their place. Why per
+view: the released Rebuilder hard-codes 16x16 deepest maps, and at HRDA's paper sizes each view gives
+exactly that (context 1024 x 0.5 = 512 and detail crop 512, over stride 32: 16; with mask_unit 32 the
+token grid is the view's side / 32 = 16x16), while a whole 1024 crop would give 32x32; the fused logits
+have no encoder features to rebuild. tests/test_hrda_tasks.py checks the grids at the paper's sizes and
+at 1/8 of them (128 crop, 64 detail crop, mask_unit 4: 16x16 for both views). `image: target`: a
+training pass of the target view with its own detail crop; `image: mixed`: the host's pass of the mixed
+image, both views and the host's crop box (`ctx.extras["mixed_features"]` is a `Views`), so MFM adds no
+encoder pass on HRDA either. `loss_on: masked`: a fused pixel has weight 0 where every token it is
+decoded from was kept (the context view's and, inside the crop, the detail crop's); a detail-crop pixel
+where its detail token was kept. At the small scales HRDA's views are 32 pixels (a 64 crop's context
+view, a 32 detail crop), so the default mask_unit 32 gives one token a view, which `random_keep` keeps
+visible: nothing is masked; the paper's proportion there is mask_unit 2 (view side / 16).
+
 Not published by the paper, and what udabench uses: lambda (the task's `method.aux.mfm.weight`: 1.0, like
 MIC's), the Rebuilder's learning rate (`lr_mult` 10, the head multiplier; under mmseg it would be x10 only
 if the module's name contained `head`), the start iteration (`start_iter` 0), and the two options above
@@ -63,8 +82,19 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from methods import register_aux
-from methods._common import random_keep, require_mixed, require_pseudo_labels, target_view, weighted_ce
+from methods._common import (
+    crop,
+    features_loss,
+    random_keep,
+    require_mixed,
+    require_pseudo_labels,
+    target_view,
+    train_features,
+    weighted_ce,
+)
 from methods.base import AuxTask, StepContext
+
+Box = tuple[int, int, int, int]  # y1, y2, x1, x2: HRDA's detail crop (harness/models/hrda.py)
 
 # name -> (depth, width, heads)
 PRESETS: dict[str, tuple[int, int, int]] = {
@@ -234,24 +264,55 @@ class MFM(AuxTask):
         if self.opts.image == "mixed":  # the host's encoder pass of the mixed image (methods/base.py)
             self.reuses = frozenset({"mixed_features"})
 
-    def features(self, ctx: StepContext) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """(student encoder features, label, pixel weight) of the image this task sees."""
+    def features(self, ctx: StepContext) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        """(the student's training-pass encoder features of the image this task sees: a list of stages, or
+        on HRDA a `Views` of its context view and detail crop; label; pixel weight)."""
         if self.opts.image == "target":
             label, weight = require_pseudo_labels(ctx, "mfm")
-            return ctx.student.encode(target_view(ctx, self.opts.color_aug)), label, weight
+            return train_features(ctx.student, target_view(ctx, self.opts.color_aug)), label, weight
         image, label, weight = require_mixed(ctx, "mfm")
         feats = ctx.extras.get("mixed_features")
         if feats is None:  # the host did not keep its pass of the mixed image: encode it again
-            feats = ctx.student.encode(image)
+            feats = train_features(ctx.student, image)
         return feats, label, weight
 
     def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        # 1. the encoder's stage features of the image (clean target, or the host's mixed image)
+        # 1. the encoder's stage features of the image (clean target, or the host's mixed image); on HRDA
+        #    its two views, the context view and the detail crop
         feats, label, weight = self.features(ctx)
-        # 2. mask the deepest stage's tokens and rebuild every stage (visible positions unchanged)
-        rebuilt, keep = self.rebuilder(list(feats))
-        # 3. the student's own head on the rebuilt features, CE against the host's labels
-        if self.opts.loss_on == "masked":  # visible pixels get weight 0
-            keep_px = F.interpolate(keep, size=label.shape[-2:], mode="nearest")[:, 0]
-            weight = weight * (1 - keep_px)
-        return {"ce": weighted_ce(ctx.student.decode(rebuilt), label, weight)}
+        # 2. mask each view's deepest tokens and rebuild every stage of it (visible positions unchanged)
+        keeps: list[torch.Tensor] = []
+
+        def rebuild(stages: list[torch.Tensor]) -> list[torch.Tensor]:
+            rebuilt, keep = self.rebuilder(list(stages))
+            keeps.append(keep)
+            return rebuilt
+
+        rebuilt = feats.map(rebuild) if hasattr(feats, "map") else rebuild(feats)
+        detail_box = getattr(feats, "box", None)
+
+        # 3. the student's own head on the rebuilt features (HRDA: both heads, the scale attention, the
+        #    fusion, and its fused + detail-crop loss), CE against the host's labels
+        def criterion(logits: torch.Tensor, box: Box | None) -> torch.Tensor:
+            w = crop(weight, box)
+            if self.opts.loss_on == "masked":  # pixels whose every token was kept get weight 0
+                w = w * (1 - visible(keeps, label.shape[-2:], detail_box, box))
+            return weighted_ce(logits, crop(label, box), w)
+
+        return {"ce": features_loss(ctx.student, rebuilt, label.shape[-2:], criterion)}
+
+
+def visible(keeps: list[torch.Tensor], size: tuple[int, int], detail_box: Box | None,
+            box: Box | None) -> torch.Tensor:
+    """B x h x w, 1 where every view the logits are decoded from kept the pixel's token (the features
+    there are the encoder's own): over the whole label (`box` None; on HRDA the context view's keep mask,
+    times the detail crop's inside `detail_box`) or over the detail crop's own logits (`box`)."""
+    if box is not None:
+        return F.interpolate(keeps[1], size=(box[1] - box[0], box[3] - box[2]), mode="nearest")[:, 0]
+    vis = F.interpolate(keeps[0], size=size, mode="nearest")[:, 0]
+    if detail_box is not None:
+        y1, y2, x1, x2 = detail_box
+        inner = F.interpolate(keeps[1], size=(y2 - y1, x2 - x1), mode="nearest")[:, 0]
+        vis = vis.clone()
+        vis[:, y1:y2, x1:x2] *= inner
+    return vis

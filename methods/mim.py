@@ -4,13 +4,27 @@
   blocks, each masked with probability `mask_ratio`; masked pixels set to 0 in normalised space), applied
   to the host's strongly augmented target view (`color_aug`); the student's prediction on it is
   trained with cross-entropy against the teacher's pseudo-labels of the full clean image, with the
-  host's pseudo-label weight. No extra parameters.
+  host's pseudo-label weight. No extra parameters. The prediction is the student's own training pass
+  and loss (`seg_loss`), as MIC's `MaskingConsistencyModule` calls the student's `forward_train`: for a
+  single-view model `decode(encode(masked))` resized to the label; on HRDA the masked image's context
+  view and a random detail crop of it, the fused loss weighted 1 - lambda_d plus the detail crop's loss
+  (its label and weight cropped) weighted lambda_d, as MIC on HRDA trains. The mask is drawn on the
+  full-resolution image, before HRDA resizes the context view (MIC masks the image it passes in). One
+  difference: the detail crop is drawn before the mask (MIC's `forward_train` draws it after; the two
+  are independent, so the draws have the same distribution) so that a block of the crop stays visible
+  (`block_keep`'s `box`): a wholly masked crop is an all-zero image to the encoder, which made the
+  randomly initialised PVTv2's gradients non-finite (as `random_keep` guards the whole image). At the
+  paper's sizes (64-pixel blocks, 512 crop: 64 blocks) that happens with probability 0.7^64 < 1e-9; with
+  32-pixel crops of 16-pixel blocks (4 to 9 blocks) in 4% to 24% of the passes.
 - `recon` (the classic MIM the MFM paper argues against, MAE / MaskFeat style): the same block mask;
   the student's encoder sees the masked target image and a light decoder (the deepest stage resized
   to the block grid, then a 1x1 conv) predicts, per block, either its pixels (`pixel`, normalised per
   block as MAE's norm_pix_loss when `norm_target`) or its HOG descriptor (`hog`: per RGB channel,
   `hog_bins` unsigned orientation bins over `hog_cell`-pixel cells, L2-normalised per block as in
-  MaskFeat). Mean-squared error on masked blocks only.
+  MaskFeat). Mean-squared error on masked blocks only. On HRDA the encoder features are those of the
+  masked image's context view (`view_features`, HRDA's feature_scale 0.5, as the feature distance
+  reads), the targets stay the full-resolution blocks: no paper defines MIM on HRDA, this is the
+  single-view task on the view that covers the whole image.
 """
 
 from __future__ import annotations
@@ -24,7 +38,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from methods import register_aux
-from methods._common import block_keep, require_pseudo_labels, target_view, weighted_ce
+from methods._common import (
+    block_keep,
+    crop,
+    require_pseudo_labels,
+    seg_loss,
+    target_view,
+    training_box,
+    view_features,
+    weighted_ce,
+)
 from methods.base import AuxTask, StepContext
 
 
@@ -86,9 +109,11 @@ class MaskedImage(AuxTask):
             else:
                 self.decoder = nn.Conv2d(c, out, 1)
 
-    def mask_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(masked images, keep `B x 1 x H x W`): masked pixels are 0 in normalised space."""
-        keep = block_keep(images, self.opts.block, self.opts.mask_ratio)
+    def mask_image(self, images: torch.Tensor, box: tuple[int, int, int, int] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked images, keep `B x 1 x H x W`): masked pixels are 0 in normalised space; with `box`, a
+        block of it stays visible (`block_keep`)."""
+        keep = block_keep(images, self.opts.block, self.opts.mask_ratio, box)
         return images * keep, keep
 
     def targets(self, images: torch.Tensor) -> torch.Tensor:
@@ -108,14 +133,19 @@ class MaskedImage(AuxTask):
         o = self.opts
         if o.variant == "mic":
             label, weight = require_pseudo_labels(ctx, "mim")
-            masked, _ = self.mask_image(target_view(ctx, o.color_aug))
-            return {"mic": weighted_ce(ctx.student.decode(ctx.student.encode(masked)), label, weight)}
+            images = target_view(ctx, o.color_aug)
+            box = training_box(ctx.student, images)  # HRDA: the detail crop of this pass (None: one view)
+            masked, _ = self.mask_image(images, box)
+            # the student's training pass and loss on the masked image (MIC calls `forward_train`): on HRDA
+            # the context view and the detail crop, the fused and the detail crop's loss
+            return {"mic": seg_loss(ctx.student, masked, lambda logits, b: weighted_ce(
+                logits, crop(label, b), crop(weight, b)), box)}
         images = target_view(ctx, o.color_aug)  # input and targets come from the same view
         h, w = images.shape[-2:]
         if h % o.block or w % o.block:
             raise ValueError(f"mim recon: the image size {h}x{w} must be a multiple of block {o.block}")
         masked, keep = self.mask_image(images)
-        deepest = ctx.student.encode(masked)[-1]
+        deepest = view_features(ctx.student, masked)[-1]  # HRDA: its context view's
         grid = (h // o.block, w // o.block)
         if deepest.shape[-2] >= grid[0] and deepest.shape[-1] >= grid[1]:
             deepest = F.adaptive_avg_pool2d(deepest, grid)

@@ -44,16 +44,19 @@ from methods.dacs import DACS, class_mix_masks, feature_distance, set_teacher_mo
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "studies" / "configs"
 MIT = ("daformer", "segformer")
-ALL = ("deeplabv2", "daformer", "segformer")
+ALL = ("deeplabv2", "daformer", "segformer", "hrda")
 
 # --------------------------------------------------------------------------------------------------
 # the official values live in harness/official.py (each with its official file); the parity table
 # (harness/report/recipe.py, `udabench recipe`, reports/recipe_parity.md) puts udabench's beside them
 
 # the run configs' own host per architecture (DAFormer's recipe on MiT, with either head)
-_HOST_OF = {"deeplabv2": official.DLV2, "daformer": official.DAFORMER, "segformer": official.DAFORMER}
+_HOST_OF = {"deeplabv2": official.DLV2, "daformer": official.DAFORMER, "segformer": official.DAFORMER,
+            "hrda": official.HRDA}
 # what the architecture itself decides (its head), not the host recipe
 _ARCH_ROWS = ("model.arch", "model.options.embed_dim", "model.options.fusion_dilations", "model.options.dropout")
+# SYNTHIA's size at paper scale: DAFormer's 1280x760, HRDA's twice that
+_SYNTHIA = {"deeplabv2": [1280, 760], "daformer": [1280, 760], "segformer": [1280, 760], "hrda": [2560, 1520]}
 
 
 def official_rows(arch: str, scale: str = "paper") -> list:
@@ -90,14 +93,16 @@ def test_paper_scale_values_are_the_official_ones(arch):
 @pytest.mark.parametrize("arch", ALL)
 def test_paper_synthia_is_paper_with_the_synthia_source(arch):
     paper, synthia = resolved("paper", arch), resolved("paper-synthia", arch)
-    rows = [r for r in official.RECIPE if r.scale == "paper-synthia"]
+    host = official.DAFORMER if arch != "hrda" else official.HRDA
+    rows = [r for r in official.RECIPE if r.scale == "paper-synthia" and host in r.hosts]
     drift = [f"{r.path}: {at(synthia, r.path)!r}, official {r.value!r} ({r.source})"
              for r in rows if at(synthia, r.path) != r.value]
     assert len(rows) == 3 and not drift, "\n".join(drift)
-    paper["data"]["source"].update(name="synthia", root="datasets/synthia", resize=[1280, 760])
+    paper["data"]["source"].update(name="synthia", root="datasets/synthia", resize=_SYNTHIA[arch])
     paper["eval"]["protocol"] = "16"
     assert synthia == paper  # nothing else differs: the recipe and the weights are the paper scale's
-    assert SCALES["paper-synthia"]["arch_overlay"] is SCALES["paper"]["arch_overlay"]
+    for name, overlay in SCALES["paper-synthia"]["arch_overlay"].items():  # one table, HRDA's source apart
+        assert (overlay is SCALES["paper"]["arch_overlay"][name]) == (name != "hrda")
 
 
 @pytest.mark.parametrize("scale", ["smoke", "demo", "cpu"])

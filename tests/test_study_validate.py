@@ -60,9 +60,10 @@ def test_every_shipped_study_validates(path, scale):
 def test_paper_scale_uses_the_paper_backbones():
     study = load_study(REPO / "studies" / "main.yaml", "paper")
     backbones = {t.config.model.arch: t.config.model.backbone for t in study.trials()}
-    assert backbones == {"deeplabv2": "resnet101c", "daformer": "pvt_v2_b5"}
+    assert backbones == {"deeplabv2": "resnet101c", "daformer": "pvt_v2_b5", "hrda": "pvt_v2_b5"}
     weights = {t.config.model.arch: t.config.model.pretrained for t in study.trials()}  # each its own file
-    assert weights == {"deeplabv2": "pretrained/resnet101_v1c.pth", "daformer": "pretrained/mit_b5.pth"}
+    assert weights == {"deeplabv2": "pretrained/resnet101_v1c.pth", "daformer": "pretrained/mit_b5.pth",
+                       "hrda": "pretrained/mit_b5.pth"}
     smoke = load_study(REPO / "studies" / "main.yaml", "smoke")
     assert {t.config.model.backbone for t in smoke.trials()} == {"resnet18", "pvt_v2_b0"}
     assert (study.resources(), smoke.resources()) == ({"cpu": 4, "gpu": 1}, {"cpu": 1, "gpu": 0})

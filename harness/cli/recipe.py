@@ -10,7 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "recipe", help="the recipe parity table: udabench's paper-scale values beside the official ones",
         description="For each published host (DACS on DeepLab-v2 as DAFormer re-ran it, DAFormer, MIC(DAFormer), "
-                    "SePiCo ProtoCL(DAFormer)): every recipe value of the study trial that runs it at paper scale, "
+                    "HRDA(DAFormer), MIC(HRDA), SePiCo ProtoCL(DAFormer)): every recipe value of the study trial that runs it at paper scale, "
                     "beside the official value and the official file it comes from, with any remaining "
                     "difference named, and the value at the small scales. Generated from the code; "
                     "`udabench recipe > reports/recipe_parity.md` writes the committed copy.")

@@ -90,7 +90,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         m = _model_of(args.scale, args.arch)
         backbone = m["backbone"]
         opts = segmentor_class(args.arch).parse_options(m.get("options", {}))
-        timm_kwargs = dict(opts.encoder_options)
+        # a wrapper (HRDA) builds its base with the base's encoder options, its own over them
+        base = getattr(opts, "base_options", {}).get("encoder_options", {})
+        timm_kwargs = {**base, **opts.encoder_options}
     else:
         backbone = args.backbone
     v = verify(args.file, backbone, **timm_kwargs)

@@ -13,6 +13,12 @@ CROP_ATTEMPTS more draws, the last one kept); `item(i, rare_class=c, min_class_p
 more times until it holds more than n pixels of c, from a generator seeded with (seed, epoch, i, k).
 `keep_ratio` resizes as mmseg's `Resize(keep_ratio=True)`; `resize_label=False` leaves the label at its
 stored resolution (evaluation against full-resolution labels).
+
+`pseudo_margins` (top, bottom, left, right; HRDA's `crop_pseudo_margins`, `method.pseudo_image_margins`)
+adds `"pseudo_valid"` to each item: bool HxW, False on the pixels of the item that lie in those margins of
+the image as loaded (or in the crop's padding), cut and flipped with the image, as HRDA's CityscapesDataset
+builds its `valid_pseudo_mask` before RandomCrop and RandomFlip: a crop at the image's left edge gets its
+first `left` columns False, an interior crop none.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ class SegDataset(torch.utils.data.Dataset):
     def __init__(self, listing: Listing, resize: tuple[int, int] | None = None,
                  crop: tuple[int, int] | None = None, flip: float = 0.0, seed: int = 0,
                  options: LoaderOptions | None = None, keep_ratio: bool = False, resize_label: bool = True,
-                 cat_max_ratio: float = 1.0) -> None:
+                 cat_max_ratio: float = 1.0, pseudo_margins: tuple[int, int, int, int] | None = None) -> None:
         if crop is not None and (len(crop) != 2 or min(crop) < 1):
             raise ValueError(f"crop: expected (height, width) >= 1, got {crop!r}")
         if resize is not None and (len(resize) != 2 or min(resize) < 1):
@@ -44,6 +50,8 @@ class SegDataset(torch.utils.data.Dataset):
             raise ValueError(f"flip: expected a probability in [0, 1], got {flip}")
         if not 0.0 < cat_max_ratio <= 1.0:
             raise ValueError(f"cat_max_ratio: expected a ratio in (0, 1], got {cat_max_ratio}")
+        if pseudo_margins is not None and (len(pseudo_margins) != 4 or min(pseudo_margins) < 0):
+            raise ValueError(f"pseudo_margins: expected (top, bottom, left, right) >= 0, got {pseudo_margins!r}")
         self.listing = listing
         self.samples = listing.samples
         self.resize = tuple(resize) if resize else None
@@ -53,6 +61,7 @@ class SegDataset(torch.utils.data.Dataset):
         self.keep_ratio = bool(keep_ratio)
         self.resize_label = bool(resize_label)
         self.cat_max_ratio = float(cat_max_ratio)
+        self.pseudo_margins = tuple(int(m) for m in pseudo_margins) if pseudo_margins is not None else None
         self.epoch = 0
         self.options = options or LoaderOptions()
         self._counts: np.ndarray | None = None
@@ -108,22 +117,29 @@ class SegDataset(torch.utils.data.Dataset):
         more than `min_class_pixels` pixels of that class (the last draw kept), `sample` (the stream
         position) seeding the draws with the index and epoch."""
         image, label = self.load(index)
+        size = image.shape[:2]  # the image as loaded
+        window, flipped = (0, size[0], 0, size[1]), False  # the item's (y1, y2, x1, x2) in the image
         if self.crop is not None or self.flip > 0:
             key = [self.seed, self.epoch, index] + ([int(sample)] if sample is not None else [])
             rng = np.random.default_rng(key)
             if self.crop is not None:
+                (ch, cw), (image, label) = self.crop, _pad(image, label, self.crop)
                 for _ in range(1 + (CROP_ATTEMPTS if rare_class is not None else 0)):
-                    img, lab = _random_crop(image, label, self.crop, rng, self.cat_max_ratio)
+                    y, x = _crop_corner(label, self.crop, rng, self.cat_max_ratio)
+                    lab = label[y:y + ch, x:x + cw]
                     if rare_class is None or int(np.count_nonzero(lab == rare_class)) > min_class_pixels:
                         break
-                image, label = img, lab
+                image, label, window = image[y:y + ch, x:x + cw], lab, (y, y + ch, x, x + cw)
             if self.flip > 0 and rng.random() < self.flip:
-                image, label = image[:, ::-1], label[:, ::-1]
-        return {
+                image, label, flipped = image[:, ::-1], label[:, ::-1], True
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "label": torch.from_numpy(label.astype(np.int64)),
             "name": self.samples[index].name,
         }
+        if self.pseudo_margins is not None:
+            item["pseudo_valid"] = torch.from_numpy(margin_mask(size, self.pseudo_margins, window, flipped))
+        return item
 
     # -- checks before work starts -----------------------------------------------------------------
     def size(self, index: int = 0) -> tuple[int, int]:
@@ -135,10 +151,18 @@ class SegDataset(torch.utils.data.Dataset):
 
     def check_crop(self, where: str) -> None:
         """DataError unless the training crop fits the first image (a smaller image would be padded
-        with ignore pixels, which a training crop never wants)."""
-        if self.crop is None or not self.samples:
+        with ignore pixels, which a training crop never wants) and the pseudo-label margins leave some of it."""
+        if not self.samples or (self.crop is None and self.pseudo_margins is None):
             return
         w, h = self.size(0)
+        if self.pseudo_margins is not None:
+            top, bottom, left, right = self.pseudo_margins
+            if top + bottom >= h or left + right >= w:
+                raise DataError(f"{where}: method.pseudo_image_margins (top, bottom, left, right) "
+                                f"{list(self.pseudo_margins)} cover the whole {w}x{h} image "
+                                f"{self.samples[0].image}; expected top + bottom < {h} and left + right < {w}")
+        if self.crop is None:
+            return
         if self.crop[0] > h or self.crop[1] > w:
             hint = "data.crop" if self.resize is None else "data.crop or the split's resize"
             size = f"{w}x{h}" + (" after resize" if self.resize is not None else "")
@@ -200,18 +224,41 @@ def _check_label_values(label: np.ndarray, path: Path) -> None:
                         "the set's labels (`udabench data convert`)")
 
 
+def margin_mask(size: tuple[int, int], margins: tuple[int, int, int, int], window: tuple[int, int, int, int],
+                flipped: bool = False) -> np.ndarray:
+    """Bool (y2 - y1) x (x2 - x1): the pixels of `window` (y1, y2, x1, x2) of an image of `size` (h, w) that
+    lie inside the image and outside its `margins` (top, bottom, left, right), mirrored when the window was
+    flipped (HRDA's `valid_pseudo_mask`, cut and flipped with the image; padding outside the image: False)."""
+    (h, w), (top, bottom, left, right), (y1, y2, x1, x2) = size, margins, window
+    rows, cols = np.arange(y1, y2), np.arange(x1, x2)
+    mask = ((rows >= top) & (rows < h - bottom))[:, None] & ((cols >= left) & (cols < w - right))[None, :]
+    return np.ascontiguousarray(mask[:, ::-1]) if flipped else mask
+
+
+def _pad(image: np.ndarray, label: np.ndarray, crop: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The image and label padded at the bottom/right to at least the crop (image 0, label 255)."""
+    (ch, cw), (h, w) = crop, label.shape
+    if h >= ch and w >= cw:
+        return image, label
+    ph, pw = max(ch - h, 0), max(cw - w, 0)
+    return (np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=0),
+            np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX))
+
+
 def _random_crop(image: np.ndarray, label: np.ndarray, crop: tuple[int, int],
                  rng: np.random.Generator, cat_max_ratio: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """A random (h, w) window; images smaller than the crop are padded (image 0, label 255). With
     `cat_max_ratio` < 1, re-drawn up to CROP_ATTEMPTS times until the crop holds two or more classes and
     none covers `cat_max_ratio` or more of its labelled pixels (mmseg RandomCrop; the last draw is kept)."""
-    ch, cw = crop
-    h, w = label.shape
-    if h < ch or w < cw:
-        ph, pw = max(ch - h, 0), max(cw - w, 0)
-        image = np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=0)
-        label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
-        h, w = label.shape
+    (ch, cw), (image, label) = crop, _pad(image, label, crop)
+    y, x = _crop_corner(label, crop, rng, cat_max_ratio)
+    return image[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
+
+
+def _crop_corner(label: np.ndarray, crop: tuple[int, int], rng: np.random.Generator,
+                 cat_max_ratio: float = 1.0) -> tuple[int, int]:
+    """The top-left corner (y, x) of `_random_crop`'s window in a label at least as large as the crop."""
+    (ch, cw), (h, w) = crop, label.shape
     for attempt in range(1 + (CROP_ATTEMPTS if cat_max_ratio < 1.0 else 0)):
         y = int(rng.integers(0, h - ch + 1))
         x = int(rng.integers(0, w - cw + 1))
@@ -222,17 +269,19 @@ def _random_crop(image: np.ndarray, label: np.ndarray, crop: tuple[int, int],
         counts = counts[counts > 0]
         if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
             break
-    return image[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
+    return y, x
 
 
 def build_dataset(ds_cfg, crop: tuple[int, int] | None = None, flip: float = 0.0, seed: int = 0,
-                  cat_max_ratio: float = 1.0, resize_label: bool = True) -> SegDataset:
-    """The dataset of a `DatasetConfig` (name, root, domain, split, resize, keep_ratio, options)."""
+                  cat_max_ratio: float = 1.0, resize_label: bool = True,
+                  pseudo_margins: tuple[int, int, int, int] | None = None) -> SegDataset:
+    """The dataset of a `DatasetConfig` (name, root, domain, split, resize, keep_ratio, options); with
+    `pseudo_margins`, its items carry `"pseudo_valid"` (module docstring)."""
     opts = parse_options(ds_cfg.options, f"dataset {ds_cfg.name}: options")
     listing = listing_for(ds_cfg, opts)
     return SegDataset(listing, resize=ds_cfg.resize, crop=crop, flip=flip, seed=seed, options=opts,
                       keep_ratio=getattr(ds_cfg, "keep_ratio", False), resize_label=resize_label,
-                      cat_max_ratio=cat_max_ratio)
+                      cat_max_ratio=cat_max_ratio, pseudo_margins=pseudo_margins)
 
 
 def dataset_hash(ds_cfg) -> str:

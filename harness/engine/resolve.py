@@ -49,11 +49,6 @@ def check_names(cfg: RunConfig, source: str) -> None:
     problem = model.check_crop(cfg.model.options, tuple(cfg.data.crop))
     if problem:
         raise ConfigError(f"{source}: {problem}")
-    if not model.single_view and (cfg.method.fd.weight > 0 or cfg.method.aux):
-        what = "method.fd.weight > 0" if cfg.method.fd.weight > 0 else f"method.aux.{next(iter(cfg.method.aux))}"
-        raise ConfigError(f"{source}: {what} on model.arch '{cfg.model.arch}': the feature distance and the "
-                          "auxiliary tasks read one view's encoder features, which a multi-view model does not "
-                          "define yet (issue 18); run it without them")
     try:
         HOSTS.get(cfg.method.host)
     except UnknownNameError as e:

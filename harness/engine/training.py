@@ -250,7 +250,8 @@ class Trainer:
         d = cfg.data
         source = build_dataset(d.source, crop=d.crop, flip=d.flip, seed=cfg.seed,
                                cat_max_ratio=d.source_cat_max_ratio)
-        target = build_dataset(d.target, crop=d.crop, flip=d.flip, seed=cfg.seed + 1)
+        target = build_dataset(d.target, crop=d.crop, flip=d.flip, seed=cfg.seed + 1,
+                               pseudo_margins=cfg.method.pseudo_image_margins)  # items carry pseudo_valid
         rcs = (d.rcs_temperature, d.rcs_min_pixels) if d.rare_class_sampling else None
         self.val = build_dataset(d.val, resize_label=not cfg.eval.full_resolution_labels)
         for split, ds in (("source", source), ("target", target), ("val", self.val)):
@@ -335,6 +336,8 @@ class Trainer:
             target_image=self._normalise(tgt["image"]),
             target_label=tgt["label"].to(self.device, non_blocking=self.settings.non_blocking),
             student=self.model, mean=self.mean, std=self.std)
+        if "pseudo_valid" in tgt:  # method.pseudo_image_margins: the image's margins, cut with the crop
+            ctx.pseudo_valid = tgt["pseudo_valid"].to(self.device, non_blocking=self.settings.non_blocking)
         aux = self.cfg.method.aux  # the host keeps the encoder passes this step's tasks reuse (methods/base.py)
         ctx.reuse = frozenset().union(*(t.reuses for n, t in self.aux.items()
                                         if it >= aux[n].start_iter and aux[n].weight != 0))

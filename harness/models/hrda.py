@@ -15,14 +15,25 @@ One encoder and one decode head (the base architecture's, e.g. DAFormer) see two
    detail crop at training time;
 4. fusion at the detail resolution: `fused = a * detail + up((1 - a) * context)`, with `a` upsampled too.
 
-`forward(x)` returns the fused logits at the input size (so hosts and evaluation see an ordinary
-segmentor); `seg_loss(x, criterion)` adds the detail crop's own loss, weighted `detail_loss_weight`
-(lambda_d = 0.1), the fused loss weighted 1 - lambda_d (HRDAHead.losses). `encode` / `decode` are the
-base's single-scale passes (the auxiliary tasks' view of one image).
+The passes, each a method: `encode_views(x)` (training: the context view and a random detail crop
+through the one encoder, a `Views`), `decode_views(views)` (both heads, the attention, the fusion),
+`views_loss(views, criterion)` (the fused loss weighted 1 - lambda_d plus the detail crop's own loss
+weighted `detail_loss_weight`, lambda_d = 0.1: HRDAHead.losses); `seg_loss(x, criterion)` chains the
+three, as the official `forward_train` does. `predict(x)` is the inference path (official `encode_decode`,
+which `generate_pseudo_label` calls: context + detail windows, fused) whatever the modules' training
+flags; `forward(x)` is `predict` in eval mode and a training pass's fused logits in training mode.
+
+Where the auxiliary tasks and the feature distance look (methods/_common.py dispatches):
+`view_features(x)` = the context view's encoder stages (HRDA's `feature_scale` 0.5: FD, contrastive,
+mim recon); MIC goes through `seg_loss` (MIC's module calls the student's `forward_train`); MFM rebuilds
+both views of a `Views` (`Views.map`) and decodes them with `views_loss`. `encode` / `decode` stay the
+base's single-scale passes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +45,21 @@ from torch import nn
 from harness.models.base import Segmentor
 
 Box = tuple[int, int, int, int]  # y1, y2, x1, x2 in input pixels
+
+
+@dataclass
+class Views:
+    """The encoder stages (shallow to deep, with their autograd graph) of one training pass's two views:
+    the context view (the whole input at `context_scale`) and the detail crop cut at `box`. A host keeps
+    them for a task that reuses its pass (methods/base.py); MFM rebuilds each view (methods/mfm.py)."""
+
+    context: list[torch.Tensor]
+    detail: list[torch.Tensor]
+    box: Box
+
+    def map(self, fn: Callable[[list[torch.Tensor]], list[torch.Tensor]]) -> Views:
+        """`fn` applied to each view's stages (context first), the box kept."""
+        return Views(fn(self.context), fn(self.detail), self.box)
 
 
 class HRDA(Segmentor):
@@ -71,7 +97,6 @@ class HRDA(Segmentor):
             raise ValueError(f"model.options.crop_coord_divisible={self.divisible} must be a multiple of the "
                              f"output stride / context scale = {round(os_ / opts.context_scale)}, or the "
                              "context and detail logits do not align")
-        self.last_detail: tuple[torch.Tensor, Box] | None = None
 
     @classmethod
     def check_crop(cls, options: dict[str, Any], crop: tuple[int, int]) -> str | None:
@@ -107,11 +132,50 @@ class HRDA(Segmentor):
             raise ValueError(f"HRDA input {h}x{w}: needs at least the detail crop {ch}x{cw} and sides "
                              f"divisible by {self.divisible} (output stride / context scale)")
 
-    def context(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context logits and scale attention (sigmoid), both at the context view's decoder resolution."""
-        small = F.interpolate(x, scale_factor=self.options.context_scale, mode="bilinear", align_corners=False)
-        feats = self.encode(small)
+    def context_view(self, x: torch.Tensor) -> torch.Tensor:
+        """The context view: the whole input resized by `context_scale` (bilinear)."""
+        return F.interpolate(x, scale_factor=self.options.context_scale, mode="bilinear", align_corners=False)
+
+    def view_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The one view whose encoder stages the feature distance and the auxiliary tasks read: the context
+        view (HRDA's `feature_scale` 0.5, "LR features for the Feature Distance as in the original
+        DAFormer"), which covers the whole input, so labels area-downscale onto it as onto one view."""
+        return self.encode(self.context_view(x))
+
+    def encode_views(self, x: torch.Tensor, box: Box | None = None) -> Views:
+        """The training pass's encoder: the context view and a random detail crop (`detail_box`, or `box`
+        when the caller drew it already), each through the one encoder (official `_forward_train_features`)."""
+        self.check_input(x)
+        context = self.view_features(x)
+        box = box if box is not None else self.detail_box(*x.shape[-2:])
+        y1, y2, x1, x2 = box
+        return Views(context, self.encode(x[:, :, y1:y2, x1:x2]), box)
+
+    def context(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The context view's logits and scale attention (sigmoid), both at its decoder resolution."""
         return self.decode(feats), torch.sigmoid(self.attention(feats))
+
+    def decode_views(self, views: Views) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fused logits at the decoder resolution of the whole input, the detail crop's logits): the head
+        on each view, the scale attention on the context view's features, fused (HRDAHead.forward)."""
+        context, attention = self.context(views.context)
+        detail = self.decode(views.detail)
+        return self.fuse(context, attention, detail, views.box), detail
+
+    def views_loss(self, views: Views, criterion) -> torch.Tensor:
+        """(1 - lambda_d) * the fused loss + lambda_d * the detail crop's loss (HRDAHead.losses); the fused
+        logits are upsampled to the input size, the detail logits to the crop's."""
+        fused, detail = self.decode_views(views)
+        s = self.decoder_stride
+        fused = F.interpolate(fused, size=(fused.shape[-2] * s, fused.shape[-1] * s), mode="bilinear",
+                              align_corners=False)
+        loss = criterion(fused, None)
+        w = self.options.detail_loss_weight
+        if w == 0:
+            return loss
+        y1, y2, x1, x2 = views.box
+        detail = F.interpolate(detail, size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)
+        return (1 - w) * loss + w * criterion(detail, views.box)
 
     def detail_windows(self, x: torch.Tensor) -> torch.Tensor:
         """Detail logits of the whole input: overlapping `detail_crop` windows, stride half a window (or
@@ -153,38 +217,29 @@ class HRDA(Segmentor):
             detail = placed
         return attention * detail + context
 
-    def fused(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Box | None]:
-        """(fused logits at the decoder resolution, detail logits, the detail box or None). Training
-        mode draws a detail crop; eval mode (pseudo-labels, evaluation) covers the input in windows."""
-        self.check_input(x)
-        context, attention = self.context(x)
-        if self.training:
-            box = self.detail_box(*x.shape[-2:])
-            y1, y2, x1, x2 = box
-            detail = self.decode(self.encode(x[:, :, y1:y2, x1:x2]))
-        else:
-            box, detail = None, self.detail_windows(x)
-        return self.fuse(context, attention, detail, box), detail, box
-
     # ----------------------------------------------------------------------------------------------
     # the segmentor interface
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits, detail, box = self.fused(x)
-        self.last_detail = (detail, box) if box is not None else None
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The inference path (official `encode_decode`, which `generate_pseudo_label` calls), whatever
+        the modules' training flags: the context view and the input's detail windows, fused, at the
+        input size. The teacher's pseudo-labels come from here, also when its BatchNorm runs in training
+        mode (`method.teacher_bn: batch`)."""
+        self.check_input(x)
+        context, attention = self.context(self.view_features(x))
+        fused = self.fuse(context, attention, self.detail_windows(x), None)
+        return F.interpolate(fused, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
-    def seg_loss(self, x: torch.Tensor, criterion) -> torch.Tensor:
-        """(1 - lambda_d) * the fused loss + lambda_d * the detail crop's loss (training mode)."""
-        fused = self(x)
-        loss = criterion(fused, None)
-        w = self.options.detail_loss_weight
-        if w == 0 or self.last_detail is None:
-            return loss
-        detail, (y1, y2, x1, x2) = self.last_detail
-        self.last_detail = None
-        detail = F.interpolate(detail, size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)
-        return (1 - w) * loss + w * criterion(detail, (y1, y2, x1, x2))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval mode: `predict`. Training mode: the fused logits of a training pass (a random detail crop)."""
+        if not self.training:
+            return self.predict(x)
+        fused, _ = self.decode_views(self.encode_views(x))
+        return F.interpolate(fused, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def seg_loss(self, x: torch.Tensor, criterion, box: Box | None = None) -> torch.Tensor:
+        """The training pass's loss: `views_loss(encode_views(x, box), criterion)`."""
+        return self.views_loss(self.encode_views(x, box), criterion)
 
 
 def attention_head(base: Segmentor, channels: int, embed_dim: int) -> nn.Module:

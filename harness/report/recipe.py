@@ -13,13 +13,14 @@ those scales use.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.official import HOSTS, INERT, NOT_RECIPE, Host, Official, rows_for
+from harness.official import HOSTS, INERT, NOT_RECIPE, Host, Official, origin, rows_for
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL_SCALES = ("cpu", "demo", "smoke")
@@ -56,14 +57,17 @@ class Row:
 # the resolved config of a host
 
 def effective(cfg: Any, seeds: list[Any]) -> dict[str, Any]:
-    """`cfg.to_dict()` with the defaults of the architecture's and the auxiliary tasks' options filled in,
-    and `study.seeds`."""
+    """`cfg.to_dict()` with the defaults of the architecture's and the auxiliary tasks' options filled in
+    (a wrapper's too: HRDA's `base_options` with its base's), and `study.seeds`."""
     from harness.models import segmentor_class
     from methods import AUX_TASKS
 
     d = cfg.to_dict()
     opts = segmentor_class(cfg.model.arch).parse_options(cfg.model.options).model_dump(mode="json")
     d["model"]["options"] = {**opts, **d["model"]["options"]}
+    if "base" in opts and "base_options" in opts:
+        base = segmentor_class(opts["base"]).parse_options(opts["base_options"]).model_dump(mode="json")
+        d["model"]["options"]["base_options"] = {**base, **opts["base_options"]}
     for name, aux in d["method"]["aux"].items():
         options_model = getattr(AUX_TASKS.get(name), "Options", None)
         if options_model is not None:
@@ -137,7 +141,35 @@ def _contrastive_head(cfg: dict[str, Any]) -> Any:
     return _layers(head) if isinstance(head, nn.Module) else UNSET
 
 
-PROBES = {"contrastive_head": _contrastive_head}
+def _fd_view_scale(cfg: dict[str, Any]) -> Any:
+    """The scale of the input whose encoder features the feature distance reads (methods/_common.py
+    `view_features`), measured on the architecture built with the resolved options around a small encoder."""
+    return _view_scale(json.dumps(cfg["model"], sort_keys=True))
+
+
+@functools.cache
+def _view_scale(model_json: str) -> float:
+    import torch
+
+    from harness.models import create_segmentor
+    from methods._common import view_features
+
+    cfg = {"model": json.loads(model_json)}
+    options = dict(cfg["model"]["options"])
+    options["encoder_options"] = {}
+    if "base_options" in options:
+        options["base_options"] = {**options["base_options"], "embed_dim": 16, "encoder_options": {}}
+        options["attention_embed_dim"] = 16
+    else:
+        options["embed_dim"] = 16
+    model = create_segmentor(cfg["model"]["arch"], backbone="pvt_v2_b0", **options).eval()
+    side = max(max(options.get("detail_crop", (64, 64))), 64)
+    with torch.no_grad():
+        feats = view_features(model, torch.zeros(1, 3, side, side))
+    return feats[-1].shape[-1] * model.feature_strides[-1] / side
+
+
+PROBES = {"contrastive_head": _contrastive_head, "fd_view_scale": _fd_view_scale}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,7 +219,8 @@ def parity(host: str, scale: str = "paper", root: Path = REPO, small: bool = Tru
         if r.path is None and r.ours:  # behaviour, not a value: the same at every scale
             value = _Absent(r.ours)
             small_values = dict.fromkeys(smalls, _Absent("as at paper"))
-        out.append(Row(host, scale, r.what, r.path, value, r.value, f"{h.repo} {h.root}{r.source}", status,
+        o = origin(host, r)
+        out.append(Row(host, scale, r.what, r.path, value, r.value, f"{o.repo} {o.root}{r.source}", status,
                        r.differs if status == "differs" else "", small_values))
     return out
 
@@ -255,7 +288,9 @@ def markdown(pairs: list[tuple[str, str]], root: Path = REPO) -> str:
         "`harness/official.py`); do not edit: `tests/test_recipe.py` checks that this file is what the code "
         "generates, and fails when a paper-scale value differs from its official one without a named difference. "
         "Each host is a trial of a shipped study resolved at `--scale paper` as `udabench study run` resolves it. "
-        "Official code read at lhoyer/DAFormer e6f6e04, lhoyer/MIC 2f932a9 (`seg/`), BIT-DA/SePiCo bce38ed.",
+        "Official code read at lhoyer/DAFormer e6f6e04, lhoyer/MIC 2f932a9 (`seg/`), lhoyer/HRDA c370b5b, "
+        "BIT-DA/SePiCo bce38ed. A host built on another (MIC and HRDA on DAFormer, MIC(HRDA) on HRDA) lists its "
+        "base's rows with the base's files.",
         "",
         "Status: `same`; `differs` (the difference is named); `DRIFT` (differs without a named reason: a "
         "failing test). Column `cpu`: udabench's value for the same trial at `--scale cpu`, \"(official)\" "

@@ -292,11 +292,12 @@ def check_data(configs: list[RunConfig], root: str | Path) -> None:
         data = absolutize(cfg, root, Path(root), 1).data
         for split in ("source", "target", "val"):
             ds = getattr(data, split)
-            if (key := ds.model_dump_json() + (str(data.crop) if split != "val" else "")) in seen:
+            margins = cfg.method.pseudo_image_margins if split == "target" else None
+            if (key := ds.model_dump_json() + (str(data.crop) if split != "val" else "") + str(margins)) in seen:
                 continue
             seen.add(key)
             try:
-                dataset = build_dataset(ds, crop=data.crop if split != "val" else None)
+                dataset = build_dataset(ds, crop=data.crop if split != "val" else None, pseudo_margins=margins)
                 if len(dataset) == 0:
                     raise DataError(f"{ds.name} {ds.domain or ''}/{ds.split} at {ds.root} holds no images")
                 for s in dataset.samples:
@@ -306,7 +307,8 @@ def check_data(configs: list[RunConfig], root: str | Path) -> None:
                 dataset.check_crop(f"data.{split}")
                 dataset.check_labels(LABEL_CHECK_PIXELS)
             except (DataError, UnknownNameError) as e:
-                raise UsageError(f"{cfg.name}: data.{split}: {e}") from None
+                where = "" if str(e).startswith(f"data.{split}") else f"data.{split}: "  # check_crop names it
+                raise UsageError(f"{cfg.name}: {where}{e}") from None
 
 
 def data_hashes(configs: list[RunConfig], root: str | Path) -> list[str | None]:
