@@ -170,9 +170,14 @@ class EvalConfig(Strict):
     # score against labels at their stored resolution, logits upsampled to them (mmseg); False: labels
     # resized with the image (data.val.resize)
     full_resolution_labels: bool = False
+    # score against labels resized (nearest) to this (width, height), logits resized to them, whatever the
+    # input's size: a model fed larger images (HRDA at the small scales) scored on the same labels
+    label_size: tuple[PositiveInt, PositiveInt] | None = None
 
     @model_validator(mode="after")
     def _window(self) -> EvalConfig:
+        if self.label_size is not None and self.full_resolution_labels:
+            raise ValueError("label_size and full_resolution_labels both choose the labels' size: set one")
         if self.mode == "slide" and self.crop is None:
             raise ValueError("mode 'slide' needs crop (height, width) of the sliding window")
         if self.crop is not None and self.stride is not None and (
@@ -274,7 +279,7 @@ LATER_FIELDS: tuple[tuple[str, ...], ...] = (
     ("method", "pseudo_weight_ignore_top"), ("method", "pseudo_weight_ignore_bottom"),
     ("method", "pseudo_image_margins"),
     ("method", "teacher_bn"), ("method", "fd"), ("method", "source_ce_mean"), ("method", "classmix_classes"),
-    ("optim", "encoder_norm_decay_mult"), ("eval", "full_resolution_labels"),
+    ("optim", "encoder_norm_decay_mult"), ("eval", "full_resolution_labels"), ("eval", "label_size"),
     ("amp_dtype",), ("eval", "batch_size"),
 )
 

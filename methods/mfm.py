@@ -18,8 +18,10 @@ What the released code says and what is inferred (../shared/reference/paper-scal
   "Remove the Source Feature in Mixture and Add Learnable Token in the Position", which suggests the
   features come from the host's ClassMix **mixed** image (with its mixed label and weight), and MRM's
   README says `dacs.py` holds "RAM optimization" details (plausibly one encoder pass shared with the mix
-  loss). `image: target` (the clean target image and the teacher's pseudo-labels) stays the default so
-  the committed results reproduce; `image: mixed` is the reading of that comment.
+  loss). `image: mixed` is the reading of that comment, and every scale sets it (harness/scales.py: at
+  the paper's size it costs 0.54x MIC's extra FLOPs where the clean target costs 1.05x; at the `cpu`
+  scale DeepLab-v2 collapsed with the clean target, seed 0: README `mfm`). `image: target` (the clean
+  target image and the teacher's pseudo-labels) stays the task's default, the earlier recipe.
 
 Why `loss_on` matters: with `all`, the visible positions keep the encoder's own features, so at the
 visible pixels the loss is the host's pseudo-label self-training again, on the un-mixed target image

@@ -97,9 +97,41 @@ def test_print_config_shows_the_high_resolution_values(tmp_path, capsys, monkeyp
 def test_small_scales_keep_hrda_small():
     for scale in ("smoke", "demo", "cpu"):
         cfg = hrda(scale)
-        assert cfg.model.backbone == "pvt_v2_b0" and cfg.model.options["detail_crop"] == [32, 32], scale
+        detail = [32, 32] if scale == "smoke" else [64, 64]
+        assert cfg.model.backbone == "pvt_v2_b0" and cfg.model.options["detail_crop"] == detail, scale
         assert cfg.eval.mode == "whole" and cfg.method.pseudo_weight_ignore_top == 0, scale
         assert cfg.method.pseudo_image_margins is None, scale
+
+
+@pytest.mark.parametrize("scale", ["demo", "cpu"])
+def test_small_hrda_reads_twice_daformers_resolution_and_is_scored_on_its_labels(scale, tmp_path):
+    """The paper's regime in miniature: HRDA's images are twice DAFormer's size, its context view
+    (x0.5) DAFormer's whole input, its detail crop half the short side, and the labels scored the same."""
+    from harness.data.dataset import build_dataset
+    from harness.data.synthetic import SynthParams, generate
+
+    synth_root = tmp_path / "synthetic"  # at the generated size the small scales read (256x128)
+    generate(SynthParams(seed=0, width=256, height=128, splits={"target": {"val": 3}}), synth_root)
+
+    daformer = load_config(DAFORMER, extra=scale_overlay(scale, "daformer"))
+    cfg = hrda(scale)
+    for part in ("source", "target", "val"):
+        small, large = getattr(daformer.data, part).resize, getattr(cfg.data, part).resize
+        assert tuple(large) == (2 * small[0], 2 * small[1]), part
+    assert tuple(cfg.data.crop) == (2 * daformer.data.crop[0], 2 * daformer.data.crop[1])
+    scale_ = cfg.model.options["context_scale"] if "context_scale" in cfg.model.options else 0.5
+    assert [round(c * scale_) for c in cfg.data.crop] == list(daformer.data.crop)  # context view = DAFormer's
+    assert cfg.model.options["detail_crop"] == [cfg.data.crop[0] // 2] * 2
+    assert cfg.data.rcs_min_pixels == 4 * daformer.data.rcs_min_pixels
+    # the same labels: HRDA's val set (256x128 images, label_size) against DAFormer's (128x64 images)
+    ref = build_dataset(daformer.data.val.model_copy(update={"root": str(synth_root)}),
+                        resize_label=not daformer.eval.full_resolution_labels)
+    hr = build_dataset(cfg.data.val.model_copy(update={"root": str(synth_root)}),
+                       resize_label=not cfg.eval.full_resolution_labels, label_size=cfg.eval.label_size)
+    for i in range(3):
+        a, b = ref[i], hr[i]
+        assert b["image"].shape[-2:] == (2 * a["image"].shape[-2], 2 * a["image"].shape[-1])
+        assert torch.equal(a["label"], b["label"]), i
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,3 +245,16 @@ def test_weights_verify_checks_a_file_against_hrdas_encoder_at_each_scale(tmp_pa
     assert "OK for timm pvt_v2_b0: timm format" in capsys.readouterr().out
     assert main(["weights", "verify", str(path), "--arch", "hrda"]) == 2  # paper: MiT-B5 = pvt_v2_b5
     assert "shape mismatch" in capsys.readouterr().err
+
+
+def test_label_size_is_one_choice_of_the_labels_size_and_reaches_the_trainer(smoke_config, tmp_path):
+    from harness.config import ConfigError
+    from harness.engine.training import Trainer
+
+    with pytest.raises(ConfigError, match="label_size and full_resolution_labels"):
+        load_config(DAFORMER, ["eval.label_size=[128,64]", "eval.full_resolution_labels=true"])
+    trainer = Trainer(smoke_config(tmp_path, "eval.label_size=[32,16]"))
+    item = trainer.val[0]
+    assert tuple(item["label"].shape) == (16, 32) and tuple(item["image"].shape[-2:]) == (64, 128)
+    m = trainer.evaluate()  # logits resized to the labels
+    assert 0 <= m["target_miou"] <= 100

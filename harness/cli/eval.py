@@ -159,7 +159,8 @@ def run_eval(args: argparse.Namespace) -> int:
     ds_cfg = dataset_config(args.data, cfg.data.val)
     from harness.data import build_dataset
 
-    dataset = build_dataset(ds_cfg, resize_label=not cfg.eval.full_resolution_labels)
+    dataset = build_dataset(ds_cfg, resize_label=not cfg.eval.full_resolution_labels,
+                            label_size=cfg.eval.label_size)
     if len(dataset) == 0:
         raise UsageError(f"validation set {ds_cfg.name} at {ds_cfg.root} ({ds_cfg.split}) holds no images")
     device = pick_device(args.device)

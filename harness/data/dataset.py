@@ -12,7 +12,9 @@ CROP_ATTEMPTS more draws, the last one kept); `item(i, rare_class=c, min_class_p
 (rare-class sampling's re-crop, DAFormer `get_rare_class_sample`) re-draws the crop up to CROP_ATTEMPTS
 more times until it holds more than n pixels of c, from a generator seeded with (seed, epoch, i, k).
 `keep_ratio` resizes as mmseg's `Resize(keep_ratio=True)`; `resize_label=False` leaves the label at its
-stored resolution (evaluation against full-resolution labels).
+stored resolution (evaluation against full-resolution labels); `label_size` (width, height; uncropped sets)
+resizes the label (nearest) to it whatever the image's size (`eval.label_size`: a model fed larger images
+scored on the same labels).
 
 `pseudo_margins` (top, bottom, left, right; HRDA's `crop_pseudo_margins`, `method.pseudo_image_margins`)
 adds `"pseudo_valid"` to each item: bool HxW, False on the pixels of the item that lie in those margins of
@@ -41,7 +43,8 @@ class SegDataset(torch.utils.data.Dataset):
     def __init__(self, listing: Listing, resize: tuple[int, int] | None = None,
                  crop: tuple[int, int] | None = None, flip: float = 0.0, seed: int = 0,
                  options: LoaderOptions | None = None, keep_ratio: bool = False, resize_label: bool = True,
-                 cat_max_ratio: float = 1.0, pseudo_margins: tuple[int, int, int, int] | None = None) -> None:
+                 cat_max_ratio: float = 1.0, pseudo_margins: tuple[int, int, int, int] | None = None,
+                 label_size: tuple[int, int] | None = None) -> None:
         if crop is not None and (len(crop) != 2 or min(crop) < 1):
             raise ValueError(f"crop: expected (height, width) >= 1, got {crop!r}")
         if resize is not None and (len(resize) != 2 or min(resize) < 1):
@@ -62,6 +65,9 @@ class SegDataset(torch.utils.data.Dataset):
         self.resize_label = bool(resize_label)
         self.cat_max_ratio = float(cat_max_ratio)
         self.pseudo_margins = tuple(int(m) for m in pseudo_margins) if pseudo_margins is not None else None
+        if label_size is not None and (crop is not None or len(label_size) != 2 or min(label_size) < 1):
+            raise ValueError(f"label_size: expected (width, height) >= 1 of an uncropped set, got {label_size!r}")
+        self.label_size = tuple(label_size) if label_size is not None else None
         self.epoch = 0
         self.options = options or LoaderOptions()
         self._counts: np.ndarray | None = None
@@ -96,8 +102,10 @@ class SegDataset(torch.utils.data.Dataset):
         size = self.resized(image.shape[1], image.shape[0])
         if size is not None and image.shape[1::-1] != size:
             image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-            if self.resize_label:
+            if self.resize_label and self.label_size is None:
                 label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
+        if self.label_size is not None and label.shape[1::-1] != self.label_size:  # from the stored label
+            label = np.asarray(Image.fromarray(label).resize(self.label_size, Image.NEAREST))
         return image, label
 
     def resized(self, width: int, height: int) -> tuple[int, int] | None:
@@ -274,14 +282,15 @@ def _crop_corner(label: np.ndarray, crop: tuple[int, int], rng: np.random.Genera
 
 def build_dataset(ds_cfg, crop: tuple[int, int] | None = None, flip: float = 0.0, seed: int = 0,
                   cat_max_ratio: float = 1.0, resize_label: bool = True,
-                  pseudo_margins: tuple[int, int, int, int] | None = None) -> SegDataset:
+                  pseudo_margins: tuple[int, int, int, int] | None = None,
+                  label_size: tuple[int, int] | None = None) -> SegDataset:
     """The dataset of a `DatasetConfig` (name, root, domain, split, resize, keep_ratio, options); with
     `pseudo_margins`, its items carry `"pseudo_valid"` (module docstring)."""
     opts = parse_options(ds_cfg.options, f"dataset {ds_cfg.name}: options")
     listing = listing_for(ds_cfg, opts)
     return SegDataset(listing, resize=ds_cfg.resize, crop=crop, flip=flip, seed=seed, options=opts,
                       keep_ratio=getattr(ds_cfg, "keep_ratio", False), resize_label=resize_label,
-                      cat_max_ratio=cat_max_ratio, pseudo_margins=pseudo_margins)
+                      cat_max_ratio=cat_max_ratio, pseudo_margins=pseudo_margins, label_size=label_size)
 
 
 def dataset_hash(ds_cfg) -> str:

@@ -253,7 +253,8 @@ class Trainer:
         target = build_dataset(d.target, crop=d.crop, flip=d.flip, seed=cfg.seed + 1,
                                pseudo_margins=cfg.method.pseudo_image_margins)  # items carry pseudo_valid
         rcs = (d.rcs_temperature, d.rcs_min_pixels) if d.rare_class_sampling else None
-        self.val = build_dataset(d.val, resize_label=not cfg.eval.full_resolution_labels)
+        self.val = build_dataset(d.val, resize_label=not cfg.eval.full_resolution_labels,
+                                 label_size=cfg.eval.label_size)
         for split, ds in (("source", source), ("target", target), ("val", self.val)):
             if len(ds) == 0:
                 raise DataError(f"data.{split}: {ds_name(getattr(d, split))} holds no images")
