@@ -61,9 +61,10 @@ training pass of the target view with its own detail crop; `image: mixed`: the h
 image, both views and the host's crop box (`ctx.extras["mixed_features"]` is a `Views`), so MFM adds no
 encoder pass on HRDA either. `loss_on: masked`: a fused pixel has weight 0 where every token it is
 decoded from was kept (the context view's and, inside the crop, the detail crop's); a detail-crop pixel
-where its detail token was kept. At the small scales HRDA's views are 32 pixels (a 64 crop's context
-view, a 32 detail crop), so the default mask_unit 32 gives one token a view, which `random_keep` keeps
-visible: nothing is masked; the paper's proportion there is mask_unit 2 (view side / 16).
+where its detail token was kept. At demo/cpu HRDA's views are 64 pixels high (a 128x256 image's context
+view 64x128, a 64 detail crop), so mask_unit 32 gives 2x4 and 2x2 tokens, as DAFormer's 64x128 input
+gets 2x4 there. At smoke they are 32 pixels (a 64 crop's context view, a 32 detail crop): one token a
+view, which `random_keep` keeps visible, so nothing is masked unless a test sets a smaller mask_unit.
 
 Not published by the paper, and what udabench uses: lambda (the task's `method.aux.mfm.weight`: 1.0, like
 MIC's), the Rebuilder's learning rate (`lr_mult` 10, the head multiplier; under mmseg it would be x10 only
