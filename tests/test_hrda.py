@@ -158,6 +158,25 @@ def test_inference_covers_the_input_in_windows_and_one_window_is_one_pass():
     assert torch.equal(a, b)
 
 
+def test_sliding_window_evaluation_of_hrda_equals_whole_image_inference_where_one_window_covers_it():
+    """The paper evaluates HRDA in 1024 windows at stride 512 over 2048x1024 (eval.mode slide); where the
+    window covers the input, sliding-window evaluation is whole-image inference, to the bit."""
+    from harness.engine.evaluation import slide_inference
+
+    m = hrda().eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        whole = m(x)
+        assert torch.equal(slide_inference(m, x, crop=(64, 96), stride=(32, 48)), whole)
+        assert torch.equal(slide_inference(m, x, crop=(128, 128)), whole)  # a window larger than the input
+        # two windows (64x64 at stride 32): each is HRDA's own inference of its window, averaged
+        left, right = m(x[..., :64]), m(x[..., 32:])
+        slid = slide_inference(m, x, crop=(64, 64), stride=(32, 32))
+        torch.testing.assert_close(slid[..., :32], left[..., :32])
+        torch.testing.assert_close(slid[..., 32:64], (left[..., 32:] + right[..., :32]) / 2)
+        torch.testing.assert_close(slid[..., 64:], right[..., 32:])
+
+
 def test_param_groups_cover_every_parameter_once_with_the_attention_in_the_decoder():
     m = hrda()
     groups = m.param_groups()
