@@ -2,7 +2,8 @@
 measured in a fresh child process (the script again, with `--worker`, one OpenMP thread), repeats
 interleaved, timed `Trainer.step`s on batches loaded before the clock starts, the table cells and the
 JSON report written atomically. Each script keeps its own run configs, what its worker records beyond
-the step times, its rows and its table.
+the step times, its rows and its table. benchmarks/bench_hardware.py times its steps with `preload` and
+`time_steps` too.
 """
 
 from __future__ import annotations

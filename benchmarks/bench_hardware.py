@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _measure import preload, time_steps  # noqa: E402
 from bench_aux import ARCHS, ensure_data, run_config  # noqa: E402
 
 
@@ -58,11 +58,8 @@ def matmul_peak(n: int, repeats: int, threads: int) -> dict[str, Any]:
 def step_rate(arch: str, data_root: Path, size: int, batch: int, steps: int, warmup: int,
               workdir: Path) -> dict[str, Any]:
     """FLOPs of one CPU-scale engine step and its median time (one torch thread)."""
-    from collections import defaultdict
-
     import torch
     from flops import counter as flop_counter
-    from torch.utils.data import default_collate
 
     from harness.engine.training import Trainer
 
@@ -70,27 +67,17 @@ def step_rate(arch: str, data_root: Path, size: int, batch: int, steps: int, war
     cfg = run_config(arch, "dacs", data_root, size, batch, workdir / "runs" / f"hw-{arch}")
     trainer = Trainer(cfg, progress=False)
     trainer.model.train()
-    n = warmup + steps + 1
-    batches = [(default_collate([trainer.source_stream[k * batch + i] for i in range(batch)]),
-                default_collate([trainer.target_stream[k * batch + i] for i in range(batch)])) for k in range(n)]
-    sums: dict[str, float] = defaultdict(float)
-    wall, cpu = [], []
-    for k, (src, tgt) in enumerate(batches[:-1]):
-        w, c = time.perf_counter(), time.process_time()
-        trainer.step(src, tgt, sums)
-        trainer.iteration += 1
-        if k >= warmup:
-            wall.append(time.perf_counter() - w)
-            cpu.append(time.process_time() - c)
+    batches = preload(trainer, warmup + steps + 1, batch)
+    timing, sums = time_steps(trainer, batches[:-1], warmup)
     counter = flop_counter()
     with counter:
         trainer.step(*batches[-1], sums)
     flops = counter.get_total_flops()
     return {"arch": arch, "backbone": ARCHS[arch], "flops_per_step": flops,
-            "step_wall_s": statistics.median(wall), "step_cpu_s": statistics.median(cpu),
-            "gflops_wall": flops / statistics.median(wall) / 1e9,
-            "gflops_cpu": flops / statistics.median(cpu) / 1e9,
-            "step_wall_all_s": wall, "step_cpu_all_s": cpu}
+            "step_wall_s": timing["step_time"], "step_cpu_s": timing["step_cpu_time"],
+            "gflops_wall": flops / timing["step_time"] / 1e9,
+            "gflops_cpu": flops / timing["step_cpu_time"] / 1e9,
+            "step_wall_all_s": timing["step_times"], "step_cpu_all_s": timing["step_cpu_times"]}
 
 
 def markdown(rows: list[dict[str, Any]], peaks: dict[int, dict[str, Any]]) -> str:

@@ -177,25 +177,34 @@ def _rows(hosts: tuple[str, ...], *items: tuple) -> list[Official]:
     return [Official(*item[:4], hosts=hosts, differs=item[4] if len(item) > 4 else "") for item in items]
 
 
+def _dataset_rows(hosts: tuple[str, ...], file: str, source: list[int], kept: str, target: list[int],
+                  crop: list[int], note: str = "") -> list[Official]:
+    """The rows a GTA -> Cityscapes dataset config (`file`) sets: the datasets, their resizes (GTA's 1914x1052
+    becomes `kept` under the source resize), the crop and the flip; `note` follows the target's and the
+    validation's resize."""
+    return _rows(hosts,
+                 ("data.source.name", "source dataset", "gta5", file + " (GTADataset)"),
+                 ("data.source.resize", "source resize (width, height)", source,
+                  file + " (gta_train_pipeline Resize img_scale)"),
+                 ("data.source.keep_ratio", "source resize keeps the aspect ratio", True,
+                  file + f" (mmseg Resize keep_ratio=True by default: GTA 1914x1052 -> {kept})"),
+                 ("data.target.name", "target dataset", "cityscapes", file + " (CityscapesDataset, leftImg8bit/train)"),
+                 ("data.target.resize", "target resize (width, height)", list(target),
+                  file + f" (cityscapes_train_pipeline Resize img_scale{note})"),
+                 ("data.target.keep_ratio", "target resize keeps the aspect ratio", True,
+                  file + " (cityscapes_train_pipeline Resize)"),
+                 ("data.val.resize", "validation image resize (width, height)", list(target),
+                  file + f" (test_pipeline img_scale{note})"),
+                 ("data.val.keep_ratio", "validation resize keeps the aspect ratio", True,
+                  file + " (test_pipeline Resize keep_ratio=True)"),
+                 ("data.crop", "training crop (height, width)", crop, file + " (crop_size)"),
+                 ("data.flip", "horizontal flip probability", 0.5, file + " (RandomFlip prob=0.5)"))
+
+
 RECIPE: list[Official] = [
     # ---------------------------------------------------------------- data (DAFormer code base)
+    *_dataset_rows(_DAF, _GTA, [1280, 720], "1280x704", [1024, 512], [512, 512]),
     *_rows(_DAF,
-           ("data.source.name", "source dataset", "gta5", _GTA + " (GTADataset)"),
-           ("data.source.resize", "source resize (width, height)", [1280, 720],
-            _GTA + " (gta_train_pipeline Resize img_scale)"),
-           ("data.source.keep_ratio", "source resize keeps the aspect ratio", True,
-            _GTA + " (mmseg Resize keep_ratio=True by default: GTA 1914x1052 -> 1280x704)"),
-           ("data.target.name", "target dataset", "cityscapes", _GTA + " (CityscapesDataset, leftImg8bit/train)"),
-           ("data.target.resize", "target resize (width, height)", [1024, 512],
-            _GTA + " (cityscapes_train_pipeline Resize img_scale)"),
-           ("data.target.keep_ratio", "target resize keeps the aspect ratio", True,
-            _GTA + " (cityscapes_train_pipeline Resize)"),
-           ("data.val.resize", "validation image resize (width, height)", [1024, 512],
-            _GTA + " (test_pipeline img_scale)"),
-           ("data.val.keep_ratio", "validation resize keeps the aspect ratio", True,
-            _GTA + " (test_pipeline Resize keep_ratio=True)"),
-           ("data.crop", "training crop (height, width)", [512, 512], _GTA + " (crop_size)"),
-           ("data.flip", "horizontal flip probability", 0.5, _GTA + " (RandomFlip prob=0.5)"),
            ("data.batch_size", "source + target images per step (each)", 2, _EXP + " (batch_size = 2)"),
            ("data.source_cat_max_ratio", "source crop re-drawn while one class covers this share", 0.75,
             _GTA + " (RandomCrop cat_max_ratio=0.75)")),
@@ -309,23 +318,8 @@ RECIPE: list[Official] = [
            ("method.aux.mim.options.color_aug", "colour jitter and blur on the masked image", True,
             _EXP + " id 80 (mask_mode = 'separatetrgaug')")),
     # ---------------------------------------------------------------- HRDA (lhoyer/HRDA; the rest: DAFormer's)
+    *_dataset_rows((HRDA,), _GTA_HR, [2560, 1440], "2560x1407", [2048, 1024], [1024, 1024], ": full resolution"),
     *_rows((HRDA,),
-           ("data.source.name", "source dataset", "gta5", _GTA_HR + " (GTADataset)"),
-           ("data.source.resize", "source resize (width, height)", [2560, 1440],
-            _GTA_HR + " (gta_train_pipeline Resize img_scale)"),
-           ("data.source.keep_ratio", "source resize keeps the aspect ratio", True,
-            _GTA_HR + " (mmseg Resize keep_ratio=True by default: GTA 1914x1052 -> 2560x1407)"),
-           ("data.target.name", "target dataset", "cityscapes", _GTA_HR + " (CityscapesDataset, leftImg8bit/train)"),
-           ("data.target.resize", "target resize (width, height)", [2048, 1024],
-            _GTA_HR + " (cityscapes_train_pipeline Resize img_scale: full resolution)"),
-           ("data.target.keep_ratio", "target resize keeps the aspect ratio", True,
-            _GTA_HR + " (cityscapes_train_pipeline Resize)"),
-           ("data.val.resize", "validation image resize (width, height)", [2048, 1024],
-            _GTA_HR + " (test_pipeline img_scale: full resolution)"),
-           ("data.val.keep_ratio", "validation resize keeps the aspect ratio", True,
-            _GTA_HR + " (test_pipeline Resize keep_ratio=True)"),
-           ("data.crop", "training crop (height, width)", [1024, 1024], _GTA_HR + " (crop_size)"),
-           ("data.flip", "horizontal flip probability", 0.5, _GTA_HR + " (RandomFlip prob=0.5)"),
            ("data.source_cat_max_ratio", "source crop re-drawn while one class covers this share", 0.75,
             _GTA_HR + " (RandomCrop cat_max_ratio=0.75)"),
            ("data.rcs_min_crop_ratio", "rare-class crop re-drawn until it holds min_pixels x this", 2.0,
@@ -554,6 +548,7 @@ INERT: dict[str, tuple[str, Any]] = {
     "method.fd.min_ratio": ("method.fd.weight", 0.0),
     "eval.crop": ("eval.mode", "whole"),
     "eval.stride": ("eval.mode", "whole"),
+    "eval.label_size": ("eval.full_resolution_labels", True),  # the labels' size is their stored one
 }
 
 

@@ -15,7 +15,9 @@ Shared by several test files:
     one_thread       (module scope) one torch thread while a module's tests run
                      (`pytestmark = pytest.mark.usefixtures("one_thread")`)
     small_segmentor  the CPU-scale segmentors (SMALL_MODELS), seeded
-    smoke_config     a `dacs` run config at the smoke scale on `synth_root`
+    tiny_segmentor   a few layers behind a Segmentor's interface, for a host's arithmetic
+    smoke_config     (session scope) a `dacs` run config at the smoke scale on `synth_root`
+    reuse_and_fresh  a `Trainer.step` with MFM reusing the host's encoder pass and one without: losses, gradients
     fill_store       benchmarks/bench_report.py `fill_store`: a real MLflow store of synthetic runs
     add_train_logs   benchmarks/bench_dense_logs.py `add_train_logs`: dense `train/` logs for a study's runs
 """
@@ -82,7 +84,36 @@ def small_segmentor(arch: str = "daformer", seed: int = 0):
     return create_segmentor(arch, backbone=opts.pop("backbone"), num_classes=19, **opts)
 
 
-@pytest.fixture
+def tiny_segmentor(num_classes: int = 19):
+    """A Segmentor's interface (encode -> [features], decode -> logits, forward -> logits at the input's size,
+    param_groups) around a few layers: conv stride 2 -> BN -> ReLU, then dropout -> 1x1 classifier."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    class TinySegmentor(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.num_classes = num_classes
+            self.encoder = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+            self.head = nn.Sequential(nn.Dropout2d(0.5), nn.Conv2d(8, num_classes, 1))
+
+        def encode(self, x):
+            return [self.encoder(x)]
+
+        def decode(self, feats):
+            return self.head(feats[-1])
+
+        def forward(self, x):
+            return F.interpolate(self.decode(self.encode(x)), size=x.shape[-2:], mode="bilinear",
+                                 align_corners=False)
+
+        def param_groups(self):
+            return {"encoder": list(self.encoder.parameters()), "decoder": list(self.head.parameters())}
+
+    return TinySegmentor()
+
+
+@pytest.fixture(scope="session")
 def smoke_config(synth_root):
     """`smoke_config(out, *overrides, arch="deeplabv2", aux=None) -> RunConfig`: `dacs` on `synth_root`
     at the smoke scale of `arch`, one thread, output in `out`; `aux` is `method.aux` (task -> fields)."""
@@ -98,6 +129,49 @@ def smoke_config(synth_root):
                                   *overrides], extra=extra)
 
     return build
+
+
+def reuse_and_fresh(trainer, src, tgt, before=None, after=None):
+    """One `Trainer.step` on (`src`, `tgt`) with MFM reusing the host's encoder pass of the mixed image
+    ("reuse") and one with MFM encoding it itself ("fresh"), both from the trainer's weights as they are now
+    and the same random draws (seed 7: ClassMix, augmentation, masks); the optimiser step is replaced by a
+    record of the summed gradients of host + tasks. `before(variant)` runs right before each step,
+    `after(variant)` right after it. Returns {variant: (student encoder passes, summed losses)} and
+    {variant: {parameter name ("aux." + name for the tasks'): gradient}}."""
+    import copy
+    from collections import defaultdict
+
+    import torch
+
+    start = copy.deepcopy({"model": trainer.model.state_dict(), "host": trainer.host.state_dict(),
+                           "aux": trainer.aux.state_dict()})
+    mfm = trainer.aux["mfm"]
+    calls = []
+    hook = trainer.model.encoder.register_forward_hook(lambda *_: calls.append(1))  # the student's
+    grads = {}
+
+    def capture(*_, **__):
+        params = [*trainer.model.named_parameters(), *(("aux." + n, p) for n, p in trainer.aux.named_parameters())]
+        grads[variant] = {n: p.grad.clone() for n, p in params if p.grad is not None}
+
+    trainer.optimizer.step = capture
+    ran = {}
+    for variant in ("reuse", "fresh"):
+        trainer.model.load_state_dict(start["model"])
+        trainer.host.load_state_dict(start["host"])
+        trainer.aux.load_state_dict(start["aux"])
+        mfm.reuses = frozenset({"mixed_features"}) if variant == "reuse" else frozenset()
+        if before:
+            before(variant)
+        calls.clear()
+        torch.manual_seed(7)
+        sums = defaultdict(float)
+        trainer.step(src, tgt, sums)
+        ran[variant] = (len(calls), dict(sums))
+        if after:
+            after(variant)
+    hook.remove()
+    return ran, grads
 
 
 def load_benchmark(name: str) -> ModuleType:

@@ -8,7 +8,6 @@ directly: an outlier run, a collapsed class, another torch version.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import subprocess
 from pathlib import Path
@@ -23,17 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARK = "synthetic:source->synthetic:target"
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "bench_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _fill(folder: Path) -> str:
+def _fill(fill_store, folder: Path) -> str:
     """2 architectures x (host, contrastive, mim, mfm x 4 mask ratios) x 2 seeds, all finished."""
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    _bench().fill_store(uri, n_runs=28, studies=1, evals=1, prefix="ref")
+    fill_store(uri, n_runs=28, studies=1, evals=1, prefix="ref")
     return uri
 
 
@@ -46,10 +38,10 @@ def _run_id(uri: str, trial: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
+def reference(tmp_path_factory, fill_store) -> Path:
     """A reference exported from the report of one store (its trials.csv and README provenance)."""
     tmp = tmp_path_factory.mktemp("against_ref")
-    uri = _fill(tmp)
+    uri = _fill(fill_store, tmp)
     out = tmp / "reports"
     assert main(["report", "ref_0", "--tracking-uri", uri, "--out", str(out), "--no-figures"]) == 0
     path = tmp / "ref.yaml"
@@ -74,8 +66,8 @@ def test_exported_reference_holds_every_run(reference):
     assert env["torch"] == "2.14.1" and env["git_commit"] == "0" * 40 and env["device"] == "cpu"
 
 
-def test_identical_rerun_passes(reference, tmp_path, capsys):
-    uri = _fill(tmp_path)
+def test_identical_rerun_passes(reference, tmp_path, capsys, fill_store):
+    uri = _fill(fill_store, tmp_path)
     table, out = _report(uri, tmp_path / "reports", reference, capsys)
     assert len(table) == 28
     assert (table["verdict"] == "inside").all()
@@ -87,10 +79,10 @@ def test_identical_rerun_passes(reference, tmp_path, capsys):
     assert "Environment: no difference" in page
 
 
-def test_outlier_collapse_and_environment_are_flagged(reference, tmp_path, capsys):
+def test_outlier_collapse_and_environment_are_flagged(reference, tmp_path, capsys, fill_store):
     from mlflow import MlflowClient
 
-    uri = _fill(tmp_path)
+    uri = _fill(fill_store, tmp_path)
     client = MlflowClient(uri)
     outlier, collapsed, other_env = (_run_id(uri, f"ref_0_{i:05d}") for i in (3, 5, 15))
     value = client.get_run(outlier).data.metrics["target_miou"]

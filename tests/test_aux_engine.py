@@ -11,10 +11,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from harness.engine import checkpoint as ckpt
-from harness.engine.resolve import load_config
 from harness.engine.training import train
 from harness.models import create_segmentor
-from harness.scales import scale_overlay
 
 ARCHS = {"deeplabv2": "resnet18", "daformer": "pvt_v2_b0"}
 # task -> (method.aux entry, the loss names it logs, a key of its own checkpointed parts)
@@ -27,13 +25,10 @@ TASKS = {
 }
 
 
-def run(root, out, arch, aux=None):
-    data = [f"data.{part}.root={root}" for part in ("source", "target", "val")]
+def run(smoke_config, out, arch, aux=None):
     # pseudo_threshold 0: every pseudo-label counts (weight 1), so a few smoke iterations give the tasks
     # non-zero losses (an untrained teacher is never 0.968-confident, which would make them all 0)
-    cfg = load_config(None, [*data, f"output={out}", "threads=1", "method.host=dacs", f"model.arch={arch}",
-                             "method.pseudo_threshold=0"],
-                      extra={**scale_overlay("smoke", arch), "method": {"aux": aux or {}}})
+    cfg = smoke_config(out, "method.pseudo_threshold=0", arch=arch, aux=aux)
     seen = []
     metrics = train(cfg, on_eval=lambda it, m, d: seen.append((it, m, d)), progress=False)
     return cfg, metrics, ckpt.load(seen[-1][2]), seen
@@ -50,16 +45,16 @@ def flops(cfg, state) -> int:
 
 
 @pytest.fixture(scope="module")
-def dacs_runs(synth_root, tmp_path_factory):
+def dacs_runs(smoke_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("dacs")
-    return {arch: run(synth_root, out / arch, arch) for arch in ARCHS}
+    return {arch: run(smoke_config, out / arch, arch) for arch in ARCHS}
 
 
 @pytest.mark.parametrize("task", TASKS)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_task_trains_in_the_engine_at_zero_inference_cost(synth_root, tmp_path, dacs_runs, arch, task):
+def test_task_trains_in_the_engine_at_zero_inference_cost(smoke_config, tmp_path, dacs_runs, arch, task):
     aux, losses, own_key = TASKS[task]
-    cfg, metrics, state, _ = run(synth_root, tmp_path / "run", arch, aux)
+    cfg, metrics, state, _ = run(smoke_config, tmp_path / "run", arch, aux)
     host_cfg, _, host_state, _ = dacs_runs[arch]
     for name in losses:
         assert math.isfinite(metrics[f"loss/{name}"]) and metrics[f"loss/{name}"] > 0
@@ -75,9 +70,9 @@ def test_task_trains_in_the_engine_at_zero_inference_cost(synth_root, tmp_path, 
     assert groups[f"aux/{task}"]["initial_lr"] == pytest.approx(cfg.optim.lr * spec.lr_mult)
 
 
-def test_task_waits_for_its_start_iteration(synth_root, tmp_path):
+def test_task_waits_for_its_start_iteration(smoke_config, tmp_path):
     aux = {"mfm": {"start_iter": 2, "options": {"preset": "tiny", "mask_unit": 16}}}
-    _, _, _, seen = run(synth_root, tmp_path / "run", "daformer", aux)
+    _, _, _, seen = run(smoke_config, tmp_path / "run", "daformer", aux)
     (it1, first, _), (it2, second, _) = seen
     assert (it1, it2) == (2, 4)
     assert "loss/mfm/ce" not in first and second["loss/mfm/ce"] > 0

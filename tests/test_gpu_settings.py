@@ -23,9 +23,7 @@ offline()
 from harness.config import ConfigError, RunConfig  # noqa: E402
 from harness.engine import runtime  # noqa: E402
 from harness.engine.evaluation import MEAN, STD, collate_by_size, evaluate, val_loader  # noqa: E402
-from harness.engine.resolve import load_config  # noqa: E402
 from harness.engine.runtime import apply_settings, resolve_settings, settings_for  # noqa: E402
-from harness.scales import scale_overlay  # noqa: E402
 
 
 def cfg_with(**fields) -> RunConfig:
@@ -204,16 +202,11 @@ def test_evaluation_runs_the_forward_in_autocast():
 # --------------------------------------------------------------------------------------------------
 # the engine uses what was resolved
 
-def smoke_cfg(root, tmp_path, *overrides):
-    data = [f"data.{part}.root={root}" for part in ("source", "target", "val")]
-    return load_config(None, [*data, f"output={tmp_path}/run", "threads=1", "method.host=source_only",
-                              *overrides], extra=scale_overlay("smoke", "deeplabv2"))
-
-
-def test_cpu_run_records_what_it_resolved(synth_root, tmp_path, torch_switches):
+def test_cpu_run_records_what_it_resolved(smoke_config, tmp_path, torch_switches):
     from harness.engine.training import Trainer
 
-    cfg = smoke_cfg(synth_root, tmp_path, "schedule.iterations=1", "eval.interval=1", "eval.max_images=1")
+    cfg = smoke_config(tmp_path / "run", "method.host=source_only", "schedule.iterations=1", "eval.interval=1",
+                       "eval.max_images=1")
     trainer = Trainer(cfg, progress=False)
     assert trainer.settings == resolve_settings(cfg, "cpu") and not trainer.scaler.is_enabled()
     assert not torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
@@ -223,7 +216,7 @@ def test_cpu_run_records_what_it_resolved(synth_root, tmp_path, torch_switches):
     assert RunConfig.model_validate(yaml.safe_load(text)) == cfg  # still a loadable config
 
 
-def test_trainer_trains_and_evaluates_under_the_resolved_settings(synth_root, tmp_path, monkeypatch, torch_switches):
+def test_trainer_trains_and_evaluates_under_the_resolved_settings(smoke_config, tmp_path, monkeypatch, torch_switches):
     """CUDA-like settings (bf16 autocast, 2 images per evaluation forward) on the CPU: the training step
     and the evaluation run under them."""
     from harness.engine.training import Trainer
@@ -233,7 +226,7 @@ def test_trainer_trains_and_evaluates_under_the_resolved_settings(synth_root, tm
                                    pin_memory=False, non_blocking=False, eval_batch_size=2)
 
     monkeypatch.setattr(runtime, "settings_for", cuda_like)
-    cfg = smoke_cfg(synth_root, tmp_path, "eval.max_images=4")
+    cfg = smoke_config(tmp_path / "run", "method.host=source_only", "eval.max_images=4")
     trainer = Trainer(cfg, progress=False)
     assert torch.backends.cudnn.benchmark  # applied
     seen: list[tuple[int, bool]] = []

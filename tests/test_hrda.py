@@ -12,15 +12,7 @@ from harness.models import create_segmentor
 
 SMALL = dict(backbone="pvt_v2_b0", num_classes=5, base_options={"embed_dim": 16}, detail_crop=(32, 32),
              attention_embed_dim=8)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: the machine's two cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hrda(**kw):
@@ -210,32 +202,26 @@ def test_bad_sizes_are_refused_with_what_is_needed():
 # --------------------------------------------------------------------------------------------------
 # HRDA under the hosts (issue 18; the feature distance and the auxiliary tasks: tests/test_hrda_tasks.py)
 
-def _smoke(synth_root, out, *extra):
-    from harness.engine.resolve import load_config
-    from harness.scales import scale_overlay
-
-    data = [f"data.{part}.root={synth_root}" for part in ("source", "target", "val")]
-    return load_config(None, [*data, f"output={out}", "threads=1", "model.arch=hrda", "method.host=dacs",
-                              "eval.max_images=1", "selection.images=0", *extra],
-                       extra=scale_overlay("smoke", "hrda"))
+def _smoke(smoke_config, out, *extra):
+    return smoke_config(out, "eval.max_images=1", "selection.images=0", *extra, arch="hrda")
 
 
-def test_dacs_on_hrda_trains_both_losses_of_a_training_pass_and_is_deterministic(synth_root, tmp_path, monkeypatch):
+def test_dacs_on_hrda_trains_both_losses_of_a_training_pass_and_is_deterministic(smoke_config, tmp_path, monkeypatch):
     from harness.engine.training import train
     from harness.models.hrda import HRDA
 
     calls = []
     original = HRDA.views_loss
     monkeypatch.setattr(HRDA, "views_loss", lambda self, v, c: calls.append(v.box) or original(self, v, c))
-    a = train(_smoke(synth_root, tmp_path / "a"), progress=False)
+    a = train(_smoke(smoke_config, tmp_path / "a"), progress=False)
     assert len(calls) == 8  # source and mixed image, 4 iterations, each with its detail crop drawn
     assert all(y2 - y1 == 32 and x2 - x1 == 32 for y1, y2, x1, x2 in calls)
-    b = train(_smoke(synth_root, tmp_path / "b"), progress=False)
+    b = train(_smoke(smoke_config, tmp_path / "b"), progress=False)
     assert a["target_miou"] == b["target_miou"] and a["loss/uda"] == b["loss/uda"]
 
 
-def test_a_detail_crop_larger_than_the_training_crop_is_a_config_error(synth_root, tmp_path):
+def test_a_detail_crop_larger_than_the_training_crop_is_a_config_error(smoke_config, tmp_path):
     from harness.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"detail_crop \[32, 32\] is larger than data.crop \[16, 64\]"):
-        _smoke(synth_root, tmp_path, "data.crop=[16,64]")
+        _smoke(smoke_config, tmp_path, "data.crop=[16,64]")

@@ -12,6 +12,7 @@ from collections import defaultdict
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import reuse_and_fresh
 from torch.utils.data import default_collate
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -31,16 +32,8 @@ SMALL = dict(backbone="pvt_v2_b0", num_classes=19, base_options={"embed_dim": 16
              attention_embed_dim=8)
 SIZE = 64
 # the feature-distance runs start from random weights on purpose (FD's arithmetic, not its benefit)
-pytestmark = pytest.mark.filterwarnings("ignore:method.fd.weight is .* but model.pretrained is null")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: the machine's two cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.filterwarnings("ignore:method.fd.weight is .* but model.pretrained is null"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 def hrda(seed: int = 0, **kw) -> HRDA:
@@ -355,12 +348,10 @@ def test_zero_test_time_cost_on_hrda(task_id):
 # --------------------------------------------------------------------------------------------------
 # 7. the engine: smoke runs, reuse of the host's two views, determinism, resume
 
-def smoke(root, out, *extra: str, aux: dict | None = None):
-    data = [f"data.{part}.root={root}" for part in ("source", "target", "val")]
+def smoke(smoke_config, out, *extra: str, aux: dict | None = None):
     # pseudo_threshold 0: every pseudo-label counts, so a few smoke iterations give the tasks non-zero losses
-    return load_config(None, [*data, f"output={out}", "threads=1", "model.arch=hrda", "method.host=dacs",
-                              "method.pseudo_threshold=0", "eval.max_images=1", "selection.images=0", *extra],
-                       extra={**scale_overlay("smoke", "hrda"), "method": {"aux": aux or {}}})
+    return smoke_config(out, "method.pseudo_threshold=0", "eval.max_images=1", "selection.images=0", *extra,
+                        arch="hrda", aux=aux)
 
 
 RUNS = {  # what a run enables -> the losses it must log
@@ -374,17 +365,17 @@ RUNS = {  # what a run enables -> the losses it must log
 
 
 @pytest.fixture(scope="module")
-def host_run(synth_root, tmp_path_factory):
+def host_run(smoke_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("hrda-dacs")
     seen = []
-    train(smoke(synth_root, out), on_eval=lambda it, m, d: seen.append(d), progress=False)
+    train(smoke(smoke_config, out), on_eval=lambda it, m, d: seen.append(d), progress=False)
     return ckpt.load(seen[-1])
 
 
 @pytest.mark.parametrize("run_id", RUNS)
-def test_hrda_trains_with_each_extra_in_the_engine_at_zero_test_time_cost(synth_root, tmp_path, host_run, run_id):
+def test_hrda_trains_with_each_extra_in_the_engine_at_zero_test_time_cost(smoke_config, tmp_path, host_run, run_id):
     (extra, aux), losses = RUNS[run_id]
-    cfg = smoke(synth_root, tmp_path, *extra, aux=aux)
+    cfg = smoke(smoke_config, tmp_path, *extra, aux=aux)
     seen = []
     metrics = train(cfg, on_eval=lambda it, m, d: seen.append(d), progress=False)
     for name in ["sup", "uda", *losses]:
@@ -400,43 +391,27 @@ def test_hrda_trains_with_each_extra_in_the_engine_at_zero_test_time_cost(synth_
 
 
 @pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
-def test_mfm_mixed_reuses_the_hosts_two_views_with_the_gradients_of_a_fresh_pass(synth_root, tmp_path, monkeypatch):
+def test_mfm_mixed_reuses_the_hosts_two_views_with_the_gradients_of_a_fresh_pass(smoke_config, tmp_path, monkeypatch):
     aux = {"mfm": {"options": {"image": "mixed", "preset": "tiny", "mask_unit": 8}}}
-    trainer = Trainer(smoke(synth_root, tmp_path, aux=aux), progress=False)
-    start = copy.deepcopy({"model": trainer.model.state_dict(), "host": trainer.host.state_dict(),
-                           "aux": trainer.aux.state_dict()})
+    trainer = Trainer(smoke(smoke_config, tmp_path, aux=aux), progress=False)
     src = default_collate([trainer.source_stream[0]])
     tgt = default_collate([trainer.target_stream[0]])
-    boxes = iter(())  # the detail crops the student's passes draw, set per variant below
-    monkeypatch.setattr(HRDA, "detail_box", lambda self, h, w: next(boxes))
+    boxes = []  # the detail crops the student's passes draw, set per variant below
+    monkeypatch.setattr(HRDA, "detail_box", lambda self, h, w: boxes.pop(0))
     mfm = trainer.aux["mfm"]
     seen = {}
     forward = mfm.forward
     mfm.forward = lambda ctx: (seen.update(feats=ctx.extras.get("mixed_features")), forward(ctx))[1]
-    calls = []
-    trainer.model.encoder.register_forward_hook(lambda *_: calls.append(1))  # the student's
-    grads = {}
 
-    def capture(*_, **__):
-        params = [*trainer.model.named_parameters(), *(("aux." + n, p) for n, p in trainer.aux.named_parameters())]
-        grads[variant] = {n: p.grad.clone() for n, p in params if p.grad is not None}
-
-    trainer.optimizer.step = capture
-    ran = {}
-    for variant in ("reuse", "fresh"):
-        trainer.model.load_state_dict(start["model"])
-        trainer.host.load_state_dict(start["host"])
-        trainer.aux.load_state_dict(start["aux"])
-        mfm.reuses = frozenset({"mixed_features"}) if variant == "reuse" else frozenset()
+    def before(variant):
         # the source's crop, the mixed image's, and (fresh) MFM's own pass of the mixed image: the same crop
-        boxes = iter([(0, 32, 8, 40), (16, 48, 24, 56), (16, 48, 24, 56)])
-        calls.clear()
-        torch.manual_seed(7)
-        sums = defaultdict(float)
-        trainer.step(src, tgt, sums)
-        ran[variant] = (len(calls), dict(sums))
+        boxes[:] = [(0, 32, 8, 40), (16, 48, 24, 56), (16, 48, 24, 56)]
+
+    def after(variant):
         if variant == "reuse":
             assert isinstance(seen["feats"], Views) and seen["feats"].box == (16, 48, 24, 56)
+
+    ran, grads = reuse_and_fresh(trainer, src, tgt, before, after)
     assert ran["reuse"][0] == 4 and ran["fresh"][0] == 6  # two views of source + mixed; MFM's own two more
     assert ran["reuse"][1] == pytest.approx(ran["fresh"][1], rel=1e-6)
     assert grads["reuse"].keys() == grads["fresh"].keys()
@@ -461,7 +436,7 @@ def comparable(metrics: dict[str, float]) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("run_id", ["fd-mic", "mfm"])
-def test_hrda_runs_are_deterministic_and_resume_bit_identically(synth_root, tmp_path, run_id):
+def test_hrda_runs_are_deterministic_and_resume_bit_identically(smoke_config, tmp_path, run_id):
     if run_id == "fd-mic":
         extra, aux = ["method.fd.weight=0.5", "method.fd.classes=null"], {"mim": {"options": {"block": 16}}}
     else:
@@ -469,7 +444,7 @@ def test_hrda_runs_are_deterministic_and_resume_bit_identically(synth_root, tmp_
     finals = {}
     for name in ("a", "b"):
         seen = []
-        finals[name] = train(smoke(synth_root, tmp_path / name, *extra, aux=aux),
+        finals[name] = train(smoke(smoke_config, tmp_path / name, *extra, aux=aux),
                              on_eval=lambda it, m, d, s=seen: s.append(d), progress=False)
         finals[name + "_state"] = ckpt.load(seen[-1])["model"]
     assert comparable(finals["a"]) == comparable(finals["b"])
@@ -478,7 +453,7 @@ def test_hrda_runs_are_deterministic_and_resume_bit_identically(synth_root, tmp_
     def kill_after_first_eval(iteration, metrics, folder):
         raise _Killed(iteration)
 
-    cfg = smoke(synth_root, tmp_path / "part", *extra, aux=aux)
+    cfg = smoke(smoke_config, tmp_path / "part", *extra, aux=aux)
     with pytest.raises(_Killed):
         train(cfg, on_eval=kill_after_first_eval, progress=False)
     folder = tmp_path / "part" / "checkpoint"

@@ -4,7 +4,6 @@ covers (`loss_on: all | masked`), and the reuse of the `dacs` host's encoder pas
 
 from __future__ import annotations
 
-import copy
 import math
 import weakref
 from collections import defaultdict
@@ -12,7 +11,7 @@ from collections import defaultdict
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import small_segmentor
+from conftest import reuse_and_fresh, small_segmentor
 from torch.utils.data import default_collate
 
 from harness.config import ConfigError
@@ -191,47 +190,29 @@ def mfm_config(smoke_config, out, mfm: dict | None, arch: str = "daformer", more
 def test_reused_features_give_the_gradients_of_a_fresh_encode_with_one_pass_less(smoke_config, tmp_path, arch):
     cfg = mfm_config(smoke_config, tmp_path, {"image": "mixed"}, arch)
     trainer = Trainer(cfg, progress=False)
-    start = copy.deepcopy({"model": trainer.model.state_dict(), "host": trainer.host.state_dict(),
-                           "aux": trainer.aux.state_dict()})
     b = cfg.data.batch_size
     src = default_collate([trainer.source_stream[i] for i in range(b)])
     tgt = default_collate([trainer.target_stream[i] for i in range(b)])
-    calls = []
-    trainer.model.encoder.register_forward_hook(lambda *_: calls.append(1))  # the student's, not the teacher's
     mfm = trainer.aux["mfm"]
-    seen = {}
+    seen, reused = {}, {}
     forward = mfm.forward
 
     def spy(ctx):
         seen.update(ctx=ctx, reuse=ctx.reuse, feats=[weakref.ref(f) for f in ctx.extras.get("mixed_features", [])])
         return forward(ctx)
 
-    mfm.forward = spy
-    grads = {}
-
-    def capture(*_, **__):  # the optimiser step, replaced: record the summed gradients of host + MFM
-        params = [*trainer.model.named_parameters(), *(("aux." + n, p) for n, p in trainer.aux.named_parameters())]
-        grads[variant] = {n: p.grad.clone() for n, p in params if p.grad is not None}
-
-    trainer.optimizer.step = capture
-    ran = {}
-    for variant in ("reuse", "fresh"):
-        trainer.model.load_state_dict(start["model"])
-        trainer.host.load_state_dict(start["host"])
-        trainer.aux.load_state_dict(start["aux"])
-        mfm.reuses = frozenset({"mixed_features"}) if variant == "reuse" else frozenset()
-        calls.clear()
-        torch.manual_seed(7)  # the same ClassMix, augmentation and mask draws for both
-        sums = defaultdict(float)
-        trainer.step(src, tgt, sums)
-        ran[variant] = (len(calls), seen["reuse"], dict(sums))
+    def after(variant):
+        reused[variant] = seen["reuse"]
         if variant == "reuse":
             # the features MFM used were the host's, and nothing holds them (or their graph) after the step
             assert seen["feats"] and "mixed_features" not in seen["ctx"].extras
             assert all(ref() is None for ref in seen["feats"])
-    assert ran["reuse"][:2] == (2, {"mixed_features"})   # source + mixed image
-    assert ran["fresh"][:2] == (3, frozenset())          # source + mixed image + MFM's own encode
-    assert ran["reuse"][2] == pytest.approx(ran["fresh"][2], rel=1e-6)  # the same losses
+
+    mfm.forward = spy
+    ran, grads = reuse_and_fresh(trainer, src, tgt, after=after)
+    assert (ran["reuse"][0], reused["reuse"]) == (2, {"mixed_features"})   # source + mixed image
+    assert (ran["fresh"][0], reused["fresh"]) == (3, frozenset())          # source + mixed image + MFM's own encode
+    assert ran["reuse"][1] == pytest.approx(ran["fresh"][1], rel=1e-6)  # the same losses
     assert grads["reuse"].keys() == grads["fresh"].keys()
     assert any(n.startswith("encoder.") for n in grads["reuse"]) and any(n.startswith("aux.mfm.") for n in grads["reuse"])
     # the reused pass back-propagates host + MFM as one sum (one traversal of the shared encoder graph),

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from harness.env import offline
 
 offline()
+
+from conftest import tiny_segmentor  # noqa: E402
 
 from harness.config import ConfigError, DatasetConfig, MethodConfig, validate_schema  # noqa: E402
 from harness.data.dataset import SegDataset, build_dataset, margin_mask  # noqa: E402
@@ -165,27 +166,10 @@ def test_a_study_refuses_margins_covering_the_image_before_ray_starts(smoke_conf
 # --------------------------------------------------------------------------------------------------
 # the engine and the host
 
-class _Tiny(torch.nn.Module):
-    num_classes = 19
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.encoder, self.head = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 19, 1)
-
-    def encode(self, x):
-        return [self.encoder(x)]
-
-    def decode(self, feats):
-        return self.head(feats[-1])
-
-    def forward(self, x):
-        return F.interpolate(self.decode(self.encode(x)), size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-
 @pytest.mark.parametrize("mix", ["none", "classmix"])
 def test_the_step_weights_the_masked_target_pixels_zero_in_the_mixed_loss(mix):
     torch.manual_seed(0)
-    host = DACS(MethodConfig(pseudo_image_margins=(3, 5, 7, 2), pseudo_threshold=0.0, mix=mix), _Tiny())
+    host = DACS(MethodConfig(pseudo_image_margins=(3, 5, 7, 2), pseudo_threshold=0.0, mix=mix), tiny_segmentor())
     g = torch.Generator().manual_seed(1)
     valid = torch.from_numpy(np.stack([margin_mask((16, 64), (3, 5, 7, 2), (0, 16, 0, 24)),       # left edge
                                        margin_mask((16, 64), (3, 5, 7, 2), (0, 16, 20, 44))]))  # interior

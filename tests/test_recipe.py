@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from harness.env import offline
 
 offline()
+
+from conftest import tiny_segmentor  # noqa: E402
 
 from harness import official  # noqa: E402
 from harness.config import (  # noqa: E402
@@ -110,6 +111,11 @@ def test_paper_synthia_is_paper_with_the_synthia_source(arch):
 def test_small_scales_keep_the_behaviour_before_the_recipe(scale, arch):
     cfg, default = resolved(scale, arch), RunConfig().to_dict()
     for path in LATER_FIELDS:
+        if arch == "hrda" and scale != "smoke" and path == ("eval", "label_size"):
+            # HRDA's demo/cpu regime (twice DAFormer's resolution, scored on its labels) came with HRDA:
+            # there were no results before it to keep
+            assert at(cfg, "eval.label_size") == [128, 64]
+            continue
         assert at(cfg, ".".join(path)) == at(default, ".".join(path)), path
     assert "encoder_options" not in cfg["model"]["options"]
 
@@ -283,28 +289,6 @@ def test_feature_distance_without_thing_cells_is_zero_with_zero_gradient():
     assert d.item() == 0.0 and torch.count_nonzero(student.grad) == 0
 
 
-class _TinySegmentor(nn.Module):
-    """encode/decode/forward like a Segmentor: conv stride 2 -> BN -> dropout -> 1x1 classifier."""
-
-    def __init__(self, num_classes: int = 19) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.encoder = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.head = nn.Sequential(nn.Dropout2d(0.5), nn.Conv2d(8, num_classes, 1))
-
-    def encode(self, x):
-        return [self.encoder(x)]
-
-    def decode(self, feats):
-        return self.head(feats[-1])
-
-    def forward(self, x):
-        return F.interpolate(self.decode(self.encode(x)), size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-    def param_groups(self):
-        return {"encoder": list(self.encoder.parameters()), "decoder": list(self.head.parameters())}
-
-
 def _ctx(model, h: int = 16, w: int = 16, seed: int = 0) -> StepContext:
     g = torch.Generator().manual_seed(seed)
     label = torch.randint(0, 19, (2, h, w), generator=g)
@@ -316,7 +300,7 @@ def _ctx(model, h: int = 16, w: int = 16, seed: int = 0) -> StepContext:
 
 def test_fd_host_uses_a_frozen_copy_of_the_initial_model_right_after_the_source_ce():
     torch.manual_seed(0)
-    model = _TinySegmentor()
+    model = tiny_segmentor()
     initial = copy.deepcopy(model.state_dict())
     host = DACS(MethodConfig(fd={"weight": 0.005, "min_ratio": 0.5}), model)
     calls = []
@@ -345,7 +329,7 @@ def test_fd_host_uses_a_frozen_copy_of_the_initial_model_right_after_the_source_
 
 
 def test_fd_off_keeps_no_frozen_copy():
-    host = DACS(MethodConfig(), _TinySegmentor())
+    host = DACS(MethodConfig(), tiny_segmentor())
     assert not hasattr(host, "imnet")
     assert not any(k.startswith("imnet") for k in host.state_dict())
 
@@ -354,18 +338,18 @@ def test_fd_off_keeps_no_frozen_copy():
 # 2. pseudo-label crop
 
 def test_pseudo_weight_rows_zeroed():
-    host = DACS(MethodConfig(pseudo_weight_ignore_top=15, pseudo_weight_ignore_bottom=120), _TinySegmentor())
+    host = DACS(MethodConfig(pseudo_weight_ignore_top=15, pseudo_weight_ignore_bottom=120), tiny_segmentor())
     w = host.crop_pseudo_weight(torch.full((2, 512, 8), 0.7))
     assert torch.all(w[:, :15] == 0) and torch.all(w[:, 512 - 120:] == 0)
     assert torch.all(w[:, 15:512 - 120] == 0.7)
-    off = DACS(MethodConfig(), _TinySegmentor())
+    off = DACS(MethodConfig(), tiny_segmentor())
     assert torch.all(off.crop_pseudo_weight(torch.full((1, 64, 4), 0.7)) == 0.7)
 
 
 def test_pseudo_weight_crop_reaches_the_tasks_and_the_stat_keeps_the_confident_share():
     torch.manual_seed(0)
     host = DACS(MethodConfig(pseudo_weight_ignore_top=3, pseudo_weight_ignore_bottom=5, pseudo_threshold=0.0),
-                _TinySegmentor())
+                tiny_segmentor())
     ctx = _ctx(host.model)
     host.step(ctx, lambda name, loss, retain_graph=False: loss.backward(retain_graph=retain_graph))
     assert ctx.stats["pseudo_weight"] == 1.0  # threshold 0: every pixel confident
@@ -489,7 +473,7 @@ def test_cat_max_ratio_redraws_crops_dominated_by_one_class():
 
 def test_teacher_bn_uses_the_batch_statistics_with_dropout_off():
     torch.manual_seed(0)
-    model = _TinySegmentor()
+    model = tiny_segmentor()
     with torch.no_grad():
         model.encoder[1].running_mean.fill_(5.0)  # running statistics far from the batch's
     host = DACS(MethodConfig(teacher_bn="batch"), model)
@@ -532,7 +516,7 @@ def test_teacher_bn_mode_on_a_real_model_turns_drop_path_off():
 def test_ema_averages_parameters_only_with_batch_statistics():
     torch.manual_seed(0)
     for mode in ("batch", "running"):
-        model = _TinySegmentor()
+        model = tiny_segmentor()
         host = DACS(MethodConfig(teacher_bn=mode, ema_alpha=0.9), model)
         t_buffers = {k: v.clone() for k, v in host.teacher.named_buffers()}
         t_params = {k: v.clone() for k, v in host.teacher.named_parameters()}
@@ -590,7 +574,7 @@ def test_no_weight_decay_on_encoder_norm_parameters():
 
 def test_source_ce_mean_over_all_pixels():
     torch.manual_seed(0)
-    model = _TinySegmentor()
+    model = tiny_segmentor()
     ctx = _ctx(model)
     ctx.source_label[:, :, :4] = IGNORE_INDEX  # a quarter ignored
     model.eval()  # no dropout: the same logits for both

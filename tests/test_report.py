@@ -6,7 +6,6 @@ The report on runs of real `udabench study run` trials is in tests/test_report_s
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import statistics
@@ -15,26 +14,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import load_benchmark
 
 from harness.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "benchmarks" / "bench_report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, fill_store):
     """One study of 2 architectures x (host, contrastive, mim, mfm x 4 mask ratios) x 2 seeds, plus
     one failed run, and a report built from it."""
     tmp = tmp_path_factory.mktemp("report")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    _bench().fill_store(uri, n_runs=29, studies=1, evals=3, prefix="abl", failed=1)
+    fill_store(uri, n_runs=29, studies=1, evals=3, prefix="abl", failed=1)
     out = tmp / "reports"
     assert main(["report", "abl_0", "--tracking-uri", uri, "--out", str(out)]) == 0
     return uri, out
@@ -158,9 +149,9 @@ def test_figures_written(store):
         assert root.tag.endswith("svg")
 
 
-def test_mixed_data_hashes_refused(tmp_path, capsys):
+def test_mixed_data_hashes_refused(tmp_path, capsys, fill_store):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    _bench().fill_store(uri, n_runs=6, studies=1, evals=2, prefix="mix",
+    fill_store(uri, n_runs=6, studies=1, evals=2, prefix="mix",
                         data_hash={4: "synthetic-ffff0000", 5: "synthetic-ffff0000"})
     out = tmp_path / "reports"
     (out / "mix_0").mkdir(parents=True)
@@ -178,11 +169,10 @@ def test_mixed_data_hashes_refused(tmp_path, capsys):
     assert "Mixed runs" in page and "synthetic-ffff0000: 2 runs" in page
 
 
-def test_scales_not_mixed(tmp_path, capsys):
+def test_scales_not_mixed(tmp_path, capsys, fill_store):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    bench = _bench()
-    bench.fill_store(uri, n_runs=4, studies=1, evals=2, prefix="sc", scale="cpu")
-    bench.fill_store(uri, n_runs=2, studies=1, evals=2, prefix="sc", scale="smoke", seed=1)
+    fill_store(uri, n_runs=4, studies=1, evals=2, prefix="sc", scale="cpu")
+    fill_store(uri, n_runs=2, studies=1, evals=2, prefix="sc", scale="smoke", seed=1)
     out = tmp_path / "reports"
     assert main(["report", "sc_0", "--tracking-uri", uri, "--out", str(out), "--no-figures"]) == 2
     assert "scale = smoke" in capsys.readouterr().err
@@ -194,13 +184,12 @@ def test_scales_not_mixed(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["sc_0"]["runs"] == 2
 
 
-def test_changed_study_config_refused(tmp_path, capsys):
+def test_changed_study_config_refused(tmp_path, capsys, fill_store):
     """Runs of one setting with a different config (the study file changed; old runs remain) are not
     averaged together silently."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    bench = _bench()
-    bench.fill_store(uri, n_runs=4, studies=1, evals=2, prefix="chg", iterations=1000)
-    bench.fill_store(uri, n_runs=2, studies=1, evals=2, prefix="chg", iterations=500, seed=1)
+    fill_store(uri, n_runs=4, studies=1, evals=2, prefix="chg", iterations=1000)
+    fill_store(uri, n_runs=2, studies=1, evals=2, prefix="chg", iterations=500, seed=1)
     out = tmp_path / "reports"
     assert main(["report", "chg_0", "--tracking-uri", uri, "--out", str(out), "--no-figures"]) == 2
     err = capsys.readouterr().err
@@ -208,14 +197,13 @@ def test_changed_study_config_refused(tmp_path, capsys):
     assert "schedule.iterations = 500: chg_0_00000; chg_0_00001" in err
 
 
-def test_rerun_of_a_config_supersedes_the_older_run(tmp_path):
+def test_rerun_of_a_config_supersedes_the_older_run(tmp_path, fill_store):
     """A trial run again (same config hash, e.g. `study run --force`) counts once, with its latest run."""
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    bench = _bench()
-    bench.fill_store(uri, n_runs=4, studies=1, evals=2, prefix="dup", seed=0)
-    bench.fill_store(uri, n_runs=1, studies=1, evals=2, prefix="dup", seed=7)  # trial 0 again
+    fill_store(uri, n_runs=4, studies=1, evals=2, prefix="dup", seed=0)
+    fill_store(uri, n_runs=1, studies=1, evals=2, prefix="dup", seed=7)  # trial 0 again
     out = tmp_path / "reports"
     assert main(["report", "dup_0", "--tracking-uri", uri, "--out", str(out), "--no-figures"]) == 0
     table = pd.read_csv(out / "dup_0" / "tables" / "main.csv")
@@ -229,9 +217,9 @@ def test_rerun_of_a_config_supersedes_the_older_run(tmp_path):
     assert "1 superseded by a later run of the same config" in (out / "dup_0" / "README.md").read_text()
 
 
-def test_synthia_protocol_columns(tmp_path):
+def test_synthia_protocol_columns(tmp_path, fill_store):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    _bench().fill_store(uri, n_runs=4, studies=1, evals=2, prefix="syn", protocol="16")
+    fill_store(uri, n_runs=4, studies=1, evals=2, prefix="syn", protocol="16")
     out = tmp_path / "reports"
     assert main(["report", "syn_0", "--tracking-uri", uri, "--out", str(out), "--no-curves"]) == 0
     header = (out / "syn_0" / "tables" / "main.md").read_text().splitlines()[0]
@@ -241,12 +229,12 @@ def test_synthia_protocol_columns(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["syn_0"]["metric"] == "target_miou16"
 
 
-def test_bad_input_messages(tmp_path, capsys):
+def test_bad_input_messages(tmp_path, capsys, fill_store):
     missing = f"sqlite:///{tmp_path / 'none.db'}"
     assert main(["report", "x", "--tracking-uri", missing, "--out", str(tmp_path / "r")]) == 2
     assert "none.db: no such file" in capsys.readouterr().err
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    _bench().fill_store(uri, n_runs=2, studies=1, evals=1, prefix="known")
+    fill_store(uri, n_runs=2, studies=1, evals=1, prefix="known")
     assert main(["report", "knwon_0", "--tracking-uri", uri, "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "no study named 'knwon_0' (did you mean 'known_0'?)" in err
@@ -258,7 +246,7 @@ def test_hosts_table_pairs_each_host_with_source_only(tmp_path):
     architecture, paired over seeds, with scipy's paired-t interval."""
     from scipy import stats
 
-    bench = _bench()
+    bench = load_benchmark("bench_report")
     uri = "sqlite:///" + str(tmp_path / "mlflow.db")
     n = 2 * len(bench.ARCHS) * (3 + len(bench.MASK_RATIOS))  # two full seeds
     bench.fill_store(uri, n_runs=n, studies=1, evals=2, prefix="gap", host="source_only", seed=3)
@@ -302,7 +290,7 @@ at_scale:
     assert select(path, ["smoke"]).cut == ""
 
 
-def test_cost_table_shows_the_load_its_timings_were_taken_under(store, tmp_path):
+def test_cost_table_shows_the_load_its_timings_were_taken_under(store, tmp_path, fill_store):
     """Study trials log the 5-minute load average at each evaluation; the cost table shows its mean and
     max per row beside the timings, and runs logged without it get no load column."""
     from mlflow import MlflowClient
@@ -312,7 +300,7 @@ def test_cost_table_shows_the_load_its_timings_were_taken_under(store, tmp_path)
     assert "load (5 min)" not in (old_out / "abl_0" / "tables" / "cost.md").read_text()
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    _bench().fill_store(uri, n_runs=8, studies=1, evals=2, prefix="load", failed=0)
+    fill_store(uri, n_runs=8, studies=1, evals=2, prefix="load", failed=0)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("load_0")
     loads = {}

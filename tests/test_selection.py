@@ -122,27 +122,18 @@ def test_compute_leaves_models_and_rng_as_they_were():
 # a smoke run logs them, and keeps its weights by iteration
 
 
-def _smoke(root, tmp_path, *overrides):
-    from harness.engine.resolve import load_config
-    from harness.scales import scale_overlay
-
-    data = [f"data.{part}.root={root}" for part in ("source", "target", "val")]
-    return load_config(None, [*data, f"output={tmp_path}/run", "threads=1", "method.host=dacs", *overrides],
-                       extra=scale_overlay("smoke", "deeplabv2"))
-
-
-def test_smoke_run_logs_the_criteria_at_each_evaluation_and_trains_the_same(synth_root, tmp_path):
+def test_smoke_run_logs_the_criteria_at_each_evaluation_and_trains_the_same(smoke_config, tmp_path):
     from harness.engine import checkpoint as ckpt
     from harness.engine.training import train
 
     seen = []
-    with_criteria = train(_smoke(synth_root, tmp_path / "a", "selection.images=3", "checkpoint_keep=all"),
+    with_criteria = train(smoke_config(tmp_path / "a" / "run", "selection.images=3", "checkpoint_keep=all"),
                           on_eval=lambda it, m, d: seen.append((it, m)), progress=False)
     assert [it for it, _ in seen] == [2, 4]
     for _, m in seen:
         assert set(criteria.metric_name(c) for c in ("entropy", "im", "teacher_agreement", "consistency")) <= set(m)
         assert m["criterion/entropy"] >= 0 and 0 <= m["criterion/consistency"] <= 100
-    without = train(_smoke(synth_root, tmp_path / "b", "selection.images=0"), progress=False)
+    without = train(smoke_config(tmp_path / "b" / "run", "selection.images=0"), progress=False)
     assert "criterion/entropy" not in without
     same = ("target_miou", "pixel_acc", "loss/sup", "loss/uda")
     assert {k: with_criteria[k] for k in same} == {k: without[k] for k in same}  # training untouched
@@ -162,7 +153,7 @@ def test_smoke_run_logs_the_criteria_at_each_evaluation_and_trains_the_same(synt
     from harness.errors import UsageError
 
     with pytest.raises(UsageError, match="without optimiser state"):
-        train(_smoke(synth_root, tmp_path / "a"), resume=tmp_path / "a" / "run" / "checkpoint" / "iter_000002.pt")
+        train(smoke_config(tmp_path / "a" / "run"), resume=tmp_path / "a" / "run" / "checkpoint" / "iter_000002.pt")
 
 
 def test_checkpoint_keep_n_keeps_the_most_recent(tmp_path):

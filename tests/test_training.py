@@ -8,18 +8,10 @@ import re
 import pytest
 
 from harness.engine import checkpoint as ckpt
-from harness.engine.resolve import load_config
 from harness.engine.training import TrainingDiverged, train
 from harness.errors import UsageError
-from harness.scales import scale_overlay
 
 ARCHS = {"deeplabv2": "resnet18", "daformer": "pvt_v2_b0"}
-
-
-def smoke_cfg(root, tmp_path, *overrides, arch="deeplabv2"):
-    data = [f"data.{part}.root={root}" for part in ("source", "target", "val")]
-    return load_config(None, [*data, f"output={tmp_path}/run", "threads=1", *overrides],
-                       extra=scale_overlay("smoke", arch))
 
 
 def comparable(metrics):
@@ -29,8 +21,8 @@ def comparable(metrics):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("host", ["source_only", "dacs", "oracle"])
-def test_each_host_trains_on_each_architecture(synth_root, tmp_path, host, arch):
-    cfg = smoke_cfg(synth_root, tmp_path, f"method.host={host}", f"model.arch={arch}", arch=arch)
+def test_each_host_trains_on_each_architecture(smoke_config, tmp_path, host, arch):
+    cfg = smoke_config(tmp_path / "run", f"method.host={host}", arch=arch)
     seen = []
     metrics = train(cfg, on_eval=lambda it, m, d: seen.append((it, m, d)), progress=False)
     assert [it for it, _, _ in seen] == [2, 4]
@@ -43,10 +35,10 @@ def test_each_host_trains_on_each_architecture(synth_root, tmp_path, host, arch)
     assert (tmp_path / "run" / "config.yaml").is_file()
 
 
-def test_same_seed_same_metrics_to_the_last_digit(synth_root, tmp_path):
-    a = train(smoke_cfg(synth_root, tmp_path / "a", "method.host=dacs"), progress=False)
-    b = train(smoke_cfg(synth_root, tmp_path / "b", "method.host=dacs"), progress=False)
-    c = train(smoke_cfg(synth_root, tmp_path / "c", "method.host=dacs", "seed=1"), progress=False)
+def test_same_seed_same_metrics_to_the_last_digit(smoke_config, tmp_path):
+    a = train(smoke_config(tmp_path / "a" / "run", "method.host=dacs"), progress=False)
+    b = train(smoke_config(tmp_path / "b" / "run", "method.host=dacs"), progress=False)
+    c = train(smoke_config(tmp_path / "c" / "run", "method.host=dacs", "seed=1"), progress=False)
     assert comparable(a) == comparable(b)
     assert comparable(a) != comparable(c)
 
@@ -55,13 +47,13 @@ class _Killed(Exception):
     pass
 
 
-def test_resumed_run_ends_like_an_uninterrupted_one(synth_root, tmp_path):
-    full = train(smoke_cfg(synth_root, tmp_path / "full", "method.host=dacs"), progress=False)
+def test_resumed_run_ends_like_an_uninterrupted_one(smoke_config, tmp_path):
+    full = train(smoke_config(tmp_path / "full" / "run", "method.host=dacs"), progress=False)
 
     def kill_after_first_eval(iteration, metrics, folder):
         raise _Killed(iteration)
 
-    cfg = smoke_cfg(synth_root, tmp_path / "part", "method.host=dacs")
+    cfg = smoke_config(tmp_path / "part" / "run", "method.host=dacs")
     with pytest.raises(_Killed):
         train(cfg, on_eval=kill_after_first_eval, progress=False)
     assert ckpt.load(tmp_path / "part" / "run" / "checkpoint")["iteration"] == 2
@@ -69,10 +61,10 @@ def test_resumed_run_ends_like_an_uninterrupted_one(synth_root, tmp_path):
     assert comparable(resumed) == comparable(full)
 
 
-def test_resume_refuses_a_checkpoint_of_another_config(synth_root, tmp_path):
-    cfg = smoke_cfg(synth_root, tmp_path, "method.host=source_only")
+def test_resume_refuses_a_checkpoint_of_another_config(smoke_config, tmp_path):
+    cfg = smoke_config(tmp_path / "run", "method.host=source_only")
     train(cfg, progress=False)
-    other = smoke_cfg(synth_root, tmp_path, "method.host=source_only", "seed=5")
+    other = smoke_config(tmp_path / "run", "method.host=source_only", "seed=5")
     with pytest.raises(UsageError, match="different config.*seed"):
         train(other, resume=tmp_path / "run" / "checkpoint", progress=False)
 
@@ -89,9 +81,9 @@ def test_checkpoint_is_data_not_code(tmp_path):
         ckpt.load(tmp_path)
 
 
-def test_diverging_loss_stops_the_run_naming_loss_and_iteration(synth_root, tmp_path):
-    cfg = smoke_cfg(synth_root, tmp_path, "method.host=source_only", "optim.lr=1e30",
-                    "schedule.warmup=0", "schedule.iterations=8", "eval.interval=8")
+def test_diverging_loss_stops_the_run_naming_loss_and_iteration(smoke_config, tmp_path):
+    cfg = smoke_config(tmp_path / "run", "method.host=source_only", "optim.lr=1e30",
+                       "schedule.warmup=0", "schedule.iterations=8", "eval.interval=8")
     with pytest.raises(TrainingDiverged, match=r"loss 'sup' is (nan|inf|-inf) at iteration [1-7]"):
         train(cfg, progress=False)
 
@@ -116,11 +108,11 @@ def test_rare_class_sampling_prefers_rare_classes(synth_root):
     assert [rcs.index(k) for k in range(20)] == [SampleStream(ds, 0, (0.01, 1)).index(k) for k in range(20)]
 
 
-def test_progress_without_a_terminal_prints_plain_lines(synth_root, tmp_path, capsys):
+def test_progress_without_a_terminal_prints_plain_lines(smoke_config, tmp_path, capsys):
     """Under pytest stderr is not a terminal: no progress bar, but a line per tenth of the schedule."""
-    train(smoke_cfg(synth_root, tmp_path, "schedule.iterations=10", "eval.interval=10"))
+    train(smoke_config(tmp_path / "run", "schedule.iterations=10", "eval.interval=10"))
     lines = [ln for ln in capsys.readouterr().err.splitlines() if re.search(r"\(\d+%\) loss", ln)]
     assert len(lines) == 10, lines
     assert lines[0].startswith("[run] 1/10 (10%) loss ") and lines[-1].startswith("[run] 10/10 (100%)")
-    train(smoke_cfg(synth_root, tmp_path / "quiet", "schedule.iterations=10"), progress=False)
+    train(smoke_config(tmp_path / "quiet" / "run", "schedule.iterations=10"), progress=False)
     assert "(10%)" not in capsys.readouterr().err
