@@ -166,6 +166,7 @@ _AMP = ("udabench trains under CUDA autocast (`amp_dtype` auto: bf16 where the G
         "a gradient scaler) for speed and memory; expected effect none or small (paper-scale.md P3-18, an estimate)")
 _H_CFG = "configs/hrda/gtaHR2csHR_hrda.py"
 _H_HEAD = "mmseg/models/decode_heads/hrda_head.py"
+_H_SEG = "mmseg/models/segmentors/hrda_encoder_decoder.py"
 _GTA_HR = "configs/_base_/datasets/uda_gtaHR_to_cityscapesHR_1024x1024.py"
 _SYN_HR = "configs/_base_/datasets/uda_synthiaHR_to_cityscapesHR_1024x1024.py"
 _MARGINS = "mmseg/datasets/cityscapes.py pre_pipeline"
@@ -342,8 +343,12 @@ RECIPE: list[Official] = [
             _H_CFG + " (attention_classwise=True)"),
            ("model.options.attention_embed_dim", "scale attention head width", 256,
             _H_HEAD + " (attention_embed_dim=256; DAFormerHead with a 1x1 conv fusion)"),
+           ("model.options.fixed_attention", "a constant scale attention instead of the learned head", None,
+            _H_HEAD + " (fixed_attention=None: the learned scale attention)"),
+           ("model.options.context_antialias", "low-pass filter before the context view's resize", False,
+            _H_SEG + " (resize: bilinear interpolation, no antialiasing)"),
            ("model.options.slide_detail", "detail view in overlapping windows at inference (pseudo-labels)", True,
-            _H_CFG + " (hr_slide_inference=True)"),
+            _H_CFG + " (hr_slide_inference=True); " + _H_SEG + " (hr_slide_overlapping=True)"),
            ("probe:fd_view_scale", "feature distance on the encoder features of the input at scale", 0.5,
             _H_CFG + " (feature_scale=0.5: the context view's features, as the original DAFormer)"),
            ("method.pseudo_weight_ignore_top", "pseudo-label crop: top rows", 0,

@@ -1,8 +1,7 @@
 """Helpers the auxiliary tasks share: random token/block masks, the pseudo-label cross-entropy,
 the (optionally colour-augmented) target view, the host's mixed image, SePiCo's purity-aware label
-down-sampling, and the model passes the host and the tasks call on any architecture (single-view
-segmentors and HRDA's two views: `predict`, `view_features`, `train_features`, `features_loss`,
-`seg_loss`).
+down-sampling, and the crop of a label or weight to the logits of a model's crop (`crop`; the model
+passes the hosts and the tasks call on every architecture are `Segmentor`'s, harness/models/base.py).
 
 Not a task itself (nothing here is registered); `methods/contrastive.py`, `mim.py` and `mfm.py` use it.
 """
@@ -124,65 +123,5 @@ def downscale_label(label: torch.Tensor, size: tuple[int, int], num_classes: int
 
 def crop(t: torch.Tensor, box: tuple[int, int, int, int] | None) -> torch.Tensor:
     """`t[..., y1:y2, x1:x2]` of a crop box (the region a model's logits cover, e.g. HRDA's detail crop;
-    `Segmentor.seg_loss`), or `t` when there is none."""
+    `Segmentor.views_loss`), or `t` when there is none."""
     return t if box is None else t[..., box[0]:box[1], box[2]:box[3]]
-
-
-def single_view(model: torch.nn.Module) -> bool:
-    """Whether `model(x)` is `decode(encode(x))` resized (Segmentor.single_view; True for a plain module).
-    False for HRDA (harness/models/hrda.py), whose training pass is two views: the helpers below dispatch."""
-    return getattr(model, "single_view", True)
-
-
-# One model interface for the host and the tasks, whatever the architecture. A single-view model's
-# training-pass features are `encode(x)` (a list of stages); HRDA's are a `Views` (its context view and
-# detail crop, each a list of stages, and the crop's box).
-
-def predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Inference-path logits at the input size, whatever the modules' training flags (a teacher whose
-    BatchNorm runs on batch statistics): HRDA's `predict` (context + detail windows, fused, as the
-    official `generate_pseudo_label`), else `model(x)`."""
-    return model.predict(x) if not single_view(model) else model(x)
-
-
-def view_features(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """The encoder stages the feature distance and the one-view tasks (contrastive, mim recon) read:
-    `encode(x)`, or HRDA's context view's (its `feature_scale` 0.5)."""
-    return model.view_features(x) if not single_view(model) else model.encode(x)
-
-
-def train_features(model: torch.nn.Module, x: torch.Tensor):
-    """The encoder half of a training pass: `encode(x)`, or HRDA's `encode_views(x)` (a random detail crop)."""
-    return model.encode_views(x) if not single_view(model) else model.encode(x)
-
-
-def features_loss(model: torch.nn.Module, feats, size: tuple[int, int], criterion) -> torch.Tensor:
-    """The decoder half and the loss of a training pass on `feats` (of `train_features`, possibly rebuilt):
-    `criterion(logits, None)` with `decode(feats)` resized to `size`, or HRDA's `views_loss` (the fused
-    and the detail crop's loss). `criterion(logits, box)`: see `seg_loss`."""
-    if not single_view(model):
-        return model.views_loss(feats, criterion)
-    logits = F.interpolate(model.decode(feats), size=size, mode="bilinear", align_corners=False)
-    return criterion(logits, None)
-
-
-def each_view(feats) -> list[list[torch.Tensor]]:
-    """The stage lists of `train_features`' result: one for a single view, HRDA's context then detail."""
-    return [feats.context, feats.detail] if hasattr(feats, "box") else [feats]
-
-
-def training_box(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, int, int, int] | None:
-    """The crop a training pass of `x` encodes on its own, drawn now (HRDA's random detail crop), or None."""
-    return model.detail_box(*x.shape[-2:]) if not single_view(model) else None
-
-
-def seg_loss(model: torch.nn.Module, x: torch.Tensor, criterion,
-             box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
-    """`model.seg_loss(x, criterion)` (harness.models.base.Segmentor; HRDA adds its detail crop, at `box`
-    if given, e.g. from `training_box`), or `criterion(model(x), None)` for a plain module.
-    `criterion(logits, box)` scores logits covering the whole label (`box` None) or
-    `label[..., y1:y2, x1:x2]` (HRDA's detail crop; `crop`)."""
-    if box is not None:
-        return model.seg_loss(x, criterion, box)
-    own = getattr(model, "seg_loss", None)
-    return own(x, criterion) if own is not None else criterion(model(x), None)

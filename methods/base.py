@@ -14,12 +14,13 @@ of recomputing):
   `"mixed_label"` (B x H x W) and `"mixed_weight"` (B x H x W, the pixel weights of its loss);
 - only when a task running this step declares it in `AuxTask.reuses` (the engine puts the union into
   `ctx.reuse`): `"mixed_features"` / `"source_features"`, the student's encoder stage outputs (shallow to
-  deep) of the mixed image / of the source image from the source CE pass, WITH their autograd graph. On
-  HRDA (two views a pass) `"mixed_features"` is the pass's `harness.models.hrda.Views` (context view,
-  detail crop, its box: what `_common.train_features` returns) and `"source_features"` the context view's
-  stages (what `_common.view_features` returns: the view the one-view tasks read). The
-  host back-propagates its own loss on them with `retain_graph=True`; a task's loss through them gives
-  the gradients a fresh `encode` of the same image would give, without a second encoder pass. The engine
+  deep) of the mixed image / of the source image from the source CE pass, WITH their autograd graph:
+  `"mixed_features"` is what the segmentor's `encode_views` returned for the pass (harness/models/base.py;
+  on HRDA, two views a pass, a `harness.models.hrda.Views`: context view, detail crop, its box) and
+  `"source_features"` the pass's stages that `view_features` gives (`Segmentor.view_stages`; on HRDA the
+  context view's: the view the one-view tasks read). The host back-propagates its own loss on them with
+  `retain_graph=True`; a task's loss through them gives the gradients a fresh `encode_views` of the same
+  image (with the same detail crop) would give, without a second encoder pass. The engine
   back-propagates the task losses keeping the graph (two tasks may share it) and drops these entries
   after the last task, so no graph outlives the step.
 """
@@ -33,6 +34,8 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+from harness.models.base import Segmentor
 
 # backward(name, loss, retain_graph=False): checks the loss is finite (else raises naming it and the
 # iteration), scales it for AMP, back-propagates (keeping the graph when asked: a later loss shares it, as
@@ -48,8 +51,8 @@ class StepContext:
     source_image: torch.Tensor           # B x 3 x H x W
     source_label: torch.Tensor           # B x H x W, long, 255 = ignore
     target_image: torch.Tensor           # B x 3 x H x W (clean, un-augmented)
-    student: nn.Module                   # the segmentor being trained (encode / decode / forward)
-    teacher: nn.Module | None = None     # EMA teacher, eval mode (BN in train mode with method.teacher_bn
+    student: Segmentor                   # the segmentor being trained (its passes: harness/models/base.py)
+    teacher: Segmentor | None = None     # EMA teacher, eval mode (BN in train mode with method.teacher_bn
                                          # 'batch'), never receives gradients
     pseudo_label: torch.Tensor | None = None   # B x H x W, long, teacher argmax on the clean target
     pseudo_weight: torch.Tensor | None = None  # B x H x W, float confidence weight

@@ -90,7 +90,7 @@ from torch import nn
 
 from harness.labels import IGNORE_INDEX
 from methods import register_aux
-from methods._common import downscale_label, require_pseudo_labels, target_view, view_features
+from methods._common import downscale_label, require_pseudo_labels, target_view
 from methods.base import AuxTask, StepContext
 
 
@@ -229,9 +229,9 @@ class Contrastive(AuxTask):
         """The student's encoder stages of the source view: the host's pass of the clean source when it
         left one (`ctx.extras["source_features"]`), else a pass of the task's own."""
         if self.opts.source_aug and ctx.augment is not None:
-            return list(view_features(ctx.student, ctx.augment(ctx.source_image)))
+            return list(ctx.student.view_features(ctx.augment(ctx.source_image)))
         reused = ctx.extras.get("source_features")
-        return list(reused) if reused is not None else list(view_features(ctx.student, ctx.source_image))
+        return list(reused) if reused is not None else list(ctx.student.view_features(ctx.source_image))
 
     def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         # 1. prototypes from the EMA teacher's view of the labelled clean source batch, every iteration
@@ -240,7 +240,7 @@ class Contrastive(AuxTask):
                                f"at iteration {ctx.iteration}; use a self-training host such as 'dacs'")
         with torch.no_grad():
             self.head_ema.train(self.opts.ema_bn == "batch")
-            emb_t = self.head_ema(list(view_features(ctx.teacher, ctx.source_image)))
+            emb_t = self.head_ema(list(ctx.teacher.view_features(ctx.source_image)))
             self.update_prototypes(emb_t, self._labels(ctx.source_label, emb_t))
         if ctx.iteration < self.opts.loss_start:
             return {}
@@ -252,7 +252,7 @@ class Contrastive(AuxTask):
         if self.opts.target:
             label, weight = require_pseudo_labels(ctx, "contrastive")
             label = label.masked_fill(weight <= 0, IGNORE_INDEX)
-            emb = self.head(list(view_features(ctx.student, target_view(ctx, self.opts.color_aug))))
+            emb = self.head(list(ctx.student.view_features(target_view(ctx, self.opts.color_aug))))
             losses["target"] = self.proto_loss(emb, self._labels(label, emb))
         return losses
 

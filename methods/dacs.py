@@ -29,14 +29,17 @@ paper scale (harness/scales.py, README "Paper-scale recipe"):
 For the auxiliary tasks the step leaves in `ctx.extras` the augmented mixed image with its label and
 pixel weight, and, when a task of the step asks for them (`ctx.reuse`), the student's encoder features of
 the mixed and of the source image with their graph, its own loss back-propagated with `retain_graph`
-(the contract is in methods/base.py). The student's passes are `decode(encode(x))` then the bilinear
-resize, exactly `model(x)`, so the host's losses are the same to the bit with or without reuse.
+(the contract is in methods/base.py).
 
-On HRDA (harness/models/hrda.py) each student pass is HRDA's training pass (`encode_views`: the context
-view and a random detail crop; `views_loss`: the fused loss and the detail crop's, with the label and
-weight cropped), and the teacher's pseudo-labels come from HRDA's inference path (`_common.predict`:
-context view + sliding detail windows, fused), as the official `generate_pseudo_label` -> `encode_decode`,
-whatever the teacher's modules' training flags.
+The passes are the segmentor interface's (harness/models/base.py), the same code for every architecture:
+each student pass is a training pass split in two, `encode_views` (kept for the tasks) then `views_loss`
+with the label and weight cropped to what each logit map covers (`_common.crop`); the teacher's
+pseudo-labels come from `predict`; FD reads the pass's `view_features` stages (`view_stages`) and
+the frozen copy's `view_features`. On a single-view model the training pass is `decode(encode(x))` then
+the bilinear resize, exactly `model(x)`, so the host's losses are the same to the bit with or without
+reuse. On HRDA (harness/models/hrda.py) it is the context view and a random detail crop, the fused loss
+and the detail crop's; `predict` is HRDA's inference path (context view + sliding detail windows, fused),
+as the official `generate_pseudo_label` -> `encode_decode`, whatever the teacher's modules' training flags.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from harness.labels import IGNORE_INDEX
 from methods import register_host
-from methods._common import crop, downscale_label, predict, single_view, view_features
+from methods._common import crop, downscale_label
 from methods.base import Backward, HostMethod, StepContext
 
 
@@ -157,7 +160,7 @@ class DACS(HostMethod):
     def pseudo_label(self, target_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cfg.teacher_bn == "batch":
             set_teacher_mode(self.teacher, "batch")
-        probs = torch.softmax(predict(self.teacher, target_image).float(), dim=1)  # HRDA: windows, fused
+        probs = torch.softmax(self.teacher.predict(target_image).float(), dim=1)  # HRDA: windows, fused
         confidence, label = probs.max(dim=1)
         ratio = (confidence >= self.cfg.pseudo_threshold).float().mean()
         return label, ratio * torch.ones_like(confidence)
@@ -175,43 +178,29 @@ class DACS(HostMethod):
         return weight
 
     def source_loss(self, ctx: StepContext, backward: Backward) -> None:
-        """The supervised source CE, then (with `fd.weight` > 0) the ImageNet feature distance; the
-        source features go to `ctx.extras` when a task reuses them."""
+        """The supervised source CE of a training pass (HRDA: the fused and the detail crop's, the label
+        cropped), then (with `fd.weight` > 0) the ImageNet feature distance on the pass's `view_features`
+        stages (HRDA: its context view, the official `feature_scale` 0.5); those stages go to `ctx.extras`
+        when a task reuses them."""
         c = self.cfg
         share = "source_features" in ctx.reuse
-        if not single_view(self.model):
-            # HRDA: one training pass (context view + detail crop), the fused and the detail crop's loss;
-            # FD and the tasks read its context view (HRDA's feature_scale 0.5)
-            mean_all = c.source_ce_mean == "all"
-            views = self.model.encode_views(ctx.source_image)
-            loss = self.model.views_loss(views, lambda logits, box: pixel_ce(
-                logits, crop(ctx.source_label, box), None, mean_all))
-            features = views.context
-        else:
-            if c.fd.weight > 0 or share:
-                features = self.model.encode(ctx.source_image)
-                logits = self.model.decode(features)
-                logits = F.interpolate(logits, size=ctx.source_image.shape[-2:], mode="bilinear",
-                                       align_corners=False)
-            else:
-                logits = self.model(ctx.source_image)
-            if c.source_ce_mean == "all":
-                loss = F.cross_entropy(logits, ctx.source_label, ignore_index=IGNORE_INDEX, reduction="none").mean()
-            else:
-                loss = F.cross_entropy(logits, ctx.source_label, ignore_index=IGNORE_INDEX)
-            del logits
+        mean_all = c.source_ce_mean == "all"
+        features = self.model.encode_views(ctx.source_image)
+        loss = self.model.views_loss(features, lambda logits, box: pixel_ce(
+            logits, crop(ctx.source_label, box), None, mean_all), ctx.source_image.shape[-2:])
         if c.fd.weight <= 0 and not share:
             backward("sup", loss)
             return
         backward("sup", loss, retain_graph=True)
+        stages = self.model.view_stages(features)
         if c.fd.weight > 0:
             with torch.no_grad():
-                frozen = view_features(self.imnet, ctx.source_image)[-1]
-            dist = feature_distance(features[-1], frozen, ctx.source_label, c.fd.classes, c.fd.min_ratio,
+                frozen = self.imnet.view_features(ctx.source_image)[-1]
+            dist = feature_distance(stages[-1], frozen, ctx.source_label, c.fd.classes, c.fd.min_ratio,
                                     self.model.num_classes)
             backward("fd", c.fd.weight * dist, retain_graph=share)
         if share:
-            ctx.extras["source_features"] = features
+            ctx.extras["source_features"] = stages
 
     def augment(self, ctx: StepContext):
         c = self.cfg
@@ -238,19 +227,9 @@ class DACS(HostMethod):
         ctx.extras.update(mixed_image=image, mixed_label=label, mixed_weight=weight)
         # 5. student on the mixed image, pixel-weighted CE (its encoder pass kept for a task that reuses it)
         share = "mixed_features" in ctx.reuse
-        if not single_view(self.model):  # HRDA: one training pass of the mixed image, both views kept
-            views = self.model.encode_views(image)
-            backward("uda", self.model.views_loss(views, lambda logits, box: pixel_ce(
-                logits, crop(label, box), crop(weight, box), True)), retain_graph=share)
-            if share:
-                ctx.extras["mixed_features"] = views
-            return
-        features = self.model.encode(image)
-        logits = F.interpolate(self.model.decode(features), size=image.shape[-2:], mode="bilinear",
-                               align_corners=False)
-        ce = F.cross_entropy(logits, label, ignore_index=IGNORE_INDEX, reduction="none")
-        del logits
-        backward("uda", (ce * weight).mean(), retain_graph=share)
+        features = self.model.encode_views(image)
+        backward("uda", self.model.views_loss(features, lambda logits, box: pixel_ce(
+            logits, crop(label, box), crop(weight, box), True), image.shape[-2:]), retain_graph=share)
         if share:
             ctx.extras["mixed_features"] = features
 

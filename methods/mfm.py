@@ -87,12 +87,10 @@ from torch import nn
 from methods import register_aux
 from methods._common import (
     crop,
-    features_loss,
     random_keep,
     require_mixed,
     require_pseudo_labels,
     target_view,
-    train_features,
     weighted_ce,
 )
 from methods.base import AuxTask, StepContext
@@ -272,11 +270,11 @@ class MFM(AuxTask):
         on HRDA a `Views` of its context view and detail crop; label; pixel weight)."""
         if self.opts.image == "target":
             label, weight = require_pseudo_labels(ctx, "mfm")
-            return train_features(ctx.student, target_view(ctx, self.opts.color_aug)), label, weight
+            return ctx.student.encode_views(target_view(ctx, self.opts.color_aug)), label, weight
         image, label, weight = require_mixed(ctx, "mfm")
         feats = ctx.extras.get("mixed_features")
         if feats is None:  # the host did not keep its pass of the mixed image: encode it again
-            feats = train_features(ctx.student, image)
+            feats = ctx.student.encode_views(image)
         return feats, label, weight
 
     def forward(self, ctx: StepContext) -> dict[str, torch.Tensor]:
@@ -302,7 +300,7 @@ class MFM(AuxTask):
                 w = w * (1 - visible(keeps, label.shape[-2:], detail_box, box))
             return weighted_ce(logits, crop(label, box), w)
 
-        return {"ce": features_loss(ctx.student, rebuilt, label.shape[-2:], criterion)}
+        return {"ce": ctx.student.views_loss(rebuilt, criterion, label.shape[-2:])}
 
 
 def visible(keeps: list[torch.Tensor], size: tuple[int, int], detail_box: Box | None,

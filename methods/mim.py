@@ -42,10 +42,7 @@ from methods._common import (
     block_keep,
     crop,
     require_pseudo_labels,
-    seg_loss,
     target_view,
-    training_box,
-    view_features,
     weighted_ce,
 )
 from methods.base import AuxTask, StepContext
@@ -134,18 +131,18 @@ class MaskedImage(AuxTask):
         if o.variant == "mic":
             label, weight = require_pseudo_labels(ctx, "mim")
             images = target_view(ctx, o.color_aug)
-            box = training_box(ctx.student, images)  # HRDA: the detail crop of this pass (None: one view)
+            box = ctx.student.detail_box(*images.shape[-2:])  # HRDA: the detail crop of this pass (None: one view)
             masked, _ = self.mask_image(images, box)
             # the student's training pass and loss on the masked image (MIC calls `forward_train`): on HRDA
             # the context view and the detail crop, the fused and the detail crop's loss
-            return {"mic": seg_loss(ctx.student, masked, lambda logits, b: weighted_ce(
+            return {"mic": ctx.student.seg_loss(masked, lambda logits, b: weighted_ce(
                 logits, crop(label, b), crop(weight, b)), box)}
         images = target_view(ctx, o.color_aug)  # input and targets come from the same view
         h, w = images.shape[-2:]
         if h % o.block or w % o.block:
             raise ValueError(f"mim recon: the image size {h}x{w} must be a multiple of block {o.block}")
         masked, keep = self.mask_image(images)
-        deepest = view_features(ctx.student, masked)[-1]  # HRDA: its context view's
+        deepest = ctx.student.view_features(masked)[-1]  # HRDA: its context view's
         grid = (h // o.block, w // o.block)
         if deepest.shape[-2] >= grid[0] and deepest.shape[-1] >= grid[1]:
             deepest = F.adaptive_avg_pool2d(deepest, grid)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from harness.labels import IGNORE_INDEX
 from methods import register_host
-from methods._common import crop, seg_loss
+from methods._common import crop
 from methods.base import Backward, HostMethod, StepContext
 
 
@@ -20,5 +20,5 @@ class Oracle(HostMethod):
     def step(self, ctx: StepContext, backward: Backward) -> None:
         if ctx.target_label is None:
             raise ValueError("oracle needs target labels, but the target dataset provides none")
-        backward("sup", seg_loss(self.model, ctx.target_image, lambda logits, box: F.cross_entropy(
+        backward("sup", self.model.seg_loss(ctx.target_image, lambda logits, box: F.cross_entropy(
             logits, crop(ctx.target_label, box), ignore_index=IGNORE_INDEX)))

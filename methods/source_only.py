@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from harness.labels import IGNORE_INDEX
 from methods import register_host
-from methods._common import crop, seg_loss
+from methods._common import crop
 from methods.base import Backward, HostMethod, StepContext
 
 
@@ -15,5 +15,5 @@ class SourceOnly(HostMethod):
     provides_pseudo_labels = False
 
     def step(self, ctx: StepContext, backward: Backward) -> None:
-        backward("sup", seg_loss(self.model, ctx.source_image, lambda logits, box: F.cross_entropy(
+        backward("sup", self.model.seg_loss(ctx.source_image, lambda logits, box: F.cross_entropy(
             logits, crop(ctx.source_label, box), ignore_index=IGNORE_INDEX)))

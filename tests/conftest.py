@@ -85,15 +85,19 @@ def small_segmentor(arch: str = "daformer", seed: int = 0):
 
 
 def tiny_segmentor(num_classes: int = 19):
-    """A Segmentor's interface (encode -> [features], decode -> logits, forward -> logits at the input's size,
-    param_groups) around a few layers: conv stride 2 -> BN -> ReLU, then dropout -> 1x1 classifier."""
-    import torch.nn.functional as F
+    """A Segmentor around a few layers (its single-view passes, param_groups): conv stride 2 -> BN -> ReLU,
+    then dropout -> 1x1 classifier."""
     from torch import nn
 
-    class TinySegmentor(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.num_classes = num_classes
+    from harness.models.base import Segmentor
+
+    class TinySegmentor(Segmentor):
+        arch = "tiny"
+
+        def __init__(self) -> None:  # no timm encoder: Segmentor's attributes set here
+            nn.Module.__init__(self)
+            self.num_classes, self.backbone = num_classes, "tiny"
+            self.feature_channels, self.feature_strides = [8], [2]
             self.encoder = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
             self.head = nn.Sequential(nn.Dropout2d(0.5), nn.Conv2d(8, num_classes, 1))
 
@@ -102,13 +106,6 @@ def tiny_segmentor(num_classes: int = 19):
 
         def decode(self, feats):
             return self.head(feats[-1])
-
-        def forward(self, x):
-            return F.interpolate(self.decode(self.encode(x)), size=x.shape[-2:], mode="bilinear",
-                                 align_corners=False)
-
-        def param_groups(self):
-            return {"encoder": list(self.encoder.parameters()), "decoder": list(self.head.parameters())}
 
     return TinySegmentor()
 

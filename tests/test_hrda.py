@@ -212,7 +212,7 @@ def test_dacs_on_hrda_trains_both_losses_of_a_training_pass_and_is_deterministic
 
     calls = []
     original = HRDA.views_loss
-    monkeypatch.setattr(HRDA, "views_loss", lambda self, v, c: calls.append(v.box) or original(self, v, c))
+    monkeypatch.setattr(HRDA, "views_loss", lambda self, v, *rest: calls.append(v.box) or original(self, v, *rest))
     a = train(_smoke(smoke_config, tmp_path / "a"), progress=False)
     assert len(calls) == 8  # source and mixed image, 4 iterations, each with its detail crop drawn
     assert all(y2 - y1 == 32 and x2 - x1 == 32 for y1, y2, x1, x2 in calls)

@@ -6,7 +6,21 @@ A `Segmentor` is a timm `features_only` encoder plus a decode head:
 - `decode(features) -> logits` at the decoder's resolution (`decoder_stride`);
 - `forward(x)`: `decode(encode(x))` upsampled (bilinear, align_corners=False) to the input size.
 
-Auxiliary tasks rely on the split (MFM feeds rebuilt features to `decode`, contrastive reads `encode`).
+The hosts and the auxiliary tasks (methods/) call the model only through the passes below, on every
+architecture: `Segmentor` defines them for a single-view model (one pass of the whole input, the split
+above) and a multi-view model overrides them (HRDA, harness/models/hrda.py: a context view and a detail
+crop, fused), so no host or task asks which kind it has:
+
+- `predict(x)`: inference-path logits at the input size whatever the modules' training flags (the
+  teacher's pseudo-labels);
+- `view_features(x)`: the one view's encoder stages that the feature distance and the one-view tasks read
+  (contrastive, mim recon); `view_stages(features)` picks them out of a training pass's features;
+- `encode_views(x, box)` / `views_loss(features, criterion, size)`: the encoder half and the decoder half
+  with the loss of a training pass, split so that a host can keep the features for a task that reuses
+  them and a task can rebuild them (MFM); `detail_box(h, w)` draws the crop a pass encodes on its own
+  (None: none), for a task that must know it before the pass (MIC's mask);
+- `seg_loss(x, criterion, box)`: the whole training pass and its loss.
+
 Inputs are normalised float images (the engine normalises on the device).
 
 Pretrained encoders come from a local file only, never from a hub: `harness.models.weights` reads
@@ -32,9 +46,6 @@ class Segmentor(nn.Module):
     """Encoder (timm, features_only) + decode head. Subclasses define `Options` and build `head`."""
 
     arch: ClassVar[str] = "segmentor"
-    # forward(x) is decode(encode(x)) resized to x: a host may split the pass to keep the features (the
-    # feature distance, a task reusing them). False for HRDA (two views of x, fused): hosts call seg_loss
-    single_view: ClassVar[bool] = True
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -65,10 +76,50 @@ class Segmentor(nn.Module):
         logits = self.decode(self.encode(x))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
-    def seg_loss(self, x: torch.Tensor, criterion) -> torch.Tensor:
-        """The segmentation loss of `x`: `criterion(logits, box)` scores logits at the input size
-        (`box` None: they cover the whole label) or, for a model that also predicts a crop (HRDA's
-        detail crop), logits covering `label[..., y1:y2, x1:x2]` of `box` = (y1, y2, x1, x2)."""
+    # ----------------------------------------------------------------------------------------------
+    # the passes the hosts and the tasks call (the module docstring); a single view's, HRDA overrides them.
+    # `criterion(logits, box)` scores logits that cover the whole label at its size (`box` None) or, for a
+    # model that also predicts a crop (HRDA's detail crop), `label[..., y1:y2, x1:x2]` of `box` =
+    # (y1, y2, x1, x2) (methods/_common.py `crop` cuts a label or weight to it).
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference-path logits at the input size, whatever the modules' training flags (the teacher's
+        pseudo-labels, also when its BatchNorm runs on batch statistics): `self(x)`."""
+        return self(x)
+
+    def view_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder stages of the one view of `x` that the feature distance and the one-view tasks
+        (contrastive, mim recon) read: `encode(x)`, the stages `encode_views(x)` also returns."""
+        return self.encode(x)
+
+    def encode_views(self, x: torch.Tensor, box: tuple[int, int, int, int] | None = None) -> Any:
+        """The encoder half of a training pass of `x`: `encode(x)` (a multi-view model returns its views,
+        each a list of stages, with the crop of `box`, or one it draws, when it has one). A host keeps it
+        for a task that reuses the pass (methods/base.py); `views_loss` decodes it."""
+        return self.encode(x)
+
+    def view_stages(self, features: Any) -> list[torch.Tensor]:
+        """The stages of a training pass's `features` (of `encode_views`) that `view_features` of the same
+        input gives (the feature distance and a task's `"source_features"` read the host's pass there):
+        a single view's own."""
+        return features
+
+    def views_loss(self, features: Any, criterion, size: tuple[int, int]) -> torch.Tensor:
+        """The decoder half and the loss of a training pass on `features` (of `encode_views`, possibly
+        rebuilt by a task): `criterion(logits, None)` of `decode(features)` resized (bilinear,
+        align_corners=False) to `size`, the label's size. With `size` the input's, the logits are
+        `self(x)`'s to the bit."""
+        logits = F.interpolate(self.decode(features), size=size, mode="bilinear", align_corners=False)
+        return criterion(logits, None)
+
+    def detail_box(self, height: int, width: int) -> tuple[int, int, int, int] | None:
+        """The crop a training pass of a `height` x `width` input encodes on its own, drawn now (to give
+        `encode_views` / `seg_loss` as `box`): None, a single view has none."""
+        return None
+
+    def seg_loss(self, x: torch.Tensor, criterion, box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """The loss of a whole training pass of `x`: `criterion(self(x), None)` (`box`, of `detail_box`, is
+        None for a single view)."""
         return criterion(self(x), None)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:

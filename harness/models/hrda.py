@@ -23,11 +23,12 @@ three, as the official `forward_train` does. `predict(x)` is the inference path 
 which `generate_pseudo_label` calls: context + detail windows, fused) whatever the modules' training
 flags; `forward(x)` is `predict` in eval mode and a training pass's fused logits in training mode.
 
-Where the auxiliary tasks and the feature distance look (methods/_common.py dispatches):
-`view_features(x)` = the context view's encoder stages (HRDA's `feature_scale` 0.5: FD, contrastive,
-mim recon); MIC goes through `seg_loss` (MIC's module calls the student's `forward_train`); MFM rebuilds
-both views of a `Views` (`Views.map`) and decodes them with `views_loss`. `encode` / `decode` stay the
-base's single-scale passes.
+These override the segmentor interface that the hosts and the tasks call on every model (harness/models/
+base.py; `views_loss` takes the label's `size` and needs none: it sizes the fused and the detail logits
+itself). Where the auxiliary tasks and the feature distance look: `view_features(x)` = the context view's
+encoder stages (HRDA's `feature_scale` 0.5: FD, contrastive, mim recon); MIC goes through `detail_box` and
+`seg_loss` (MIC's module calls the student's `forward_train`); MFM rebuilds both views of a `Views`
+(`Views.map`) and decodes them with `views_loss`. `encode` / `decode` stay the base's single-scale passes.
 """
 
 from __future__ import annotations
@@ -64,18 +65,19 @@ class Views:
 
 class HRDA(Segmentor):
     arch = "hrda"
-    single_view = False
 
     class Options(Segmentor.Options):
         base: Literal["daformer", "deeplabv2", "segformer"] = "daformer"
         base_options: dict[str, Any] = Field(default_factory=dict)  # the base architecture's model.options
         context_scale: float = Field(0.5, gt=0, lt=1)    # HRDA scales [1, 0.5]
+        context_antialias: bool = False                  # official: plain bilinear (mmseg resize); an ablation
         detail_crop: tuple[int, int] = (512, 512)        # hr_crop_size, input pixels (height, width)
         crop_coord_divisible: int | None = Field(None, ge=1)  # None: output stride / context_scale
         detail_loss_weight: float = Field(0.1, ge=0, lt=1)  # hr_loss_weight (lambda_d)
         attention_classwise: bool = True
         attention_embed_dim: int = Field(256, ge=1)
-        slide_detail: bool = True                        # hr_slide_inference (overlapping windows)
+        fixed_attention: float | None = Field(None, ge=0, le=1)  # a constant attention, no head (an ablation)
+        slide_detail: bool = True                        # hr_slide_overlapping (windows overlap by half)
 
     def __init__(self, backbone: str | None = None, num_classes: int = 19,
                  pretrained: str | Path | None = None, **options) -> None:
@@ -89,8 +91,8 @@ class HRDA(Segmentor):
         super().__init__(base.encoder, base.head, base.backbone, num_classes)
         self.options = opts
         self.base_arch = opts.base
-        self.attention = attention_head(base, 1 if not opts.attention_classwise else num_classes,
-                                        opts.attention_embed_dim)
+        self.attention = None if opts.fixed_attention is not None else attention_head(
+            base, 1 if not opts.attention_classwise else num_classes, opts.attention_embed_dim)
         os_ = self.decoder_stride
         self.divisible = opts.crop_coord_divisible or round(os_ / opts.context_scale)
         if self.divisible % round(os_ / opts.context_scale):
@@ -109,7 +111,8 @@ class HRDA(Segmentor):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """The scale attention belongs to the decoder (HRDA's decode head holds it: lr_mult 10)."""
         groups = super().param_groups()
-        groups["decoder"] = groups["decoder"] + list(self.attention.parameters())
+        if self.attention is not None:
+            groups["decoder"] = groups["decoder"] + list(self.attention.parameters())
         return groups
 
     # ----------------------------------------------------------------------------------------------
@@ -133,8 +136,10 @@ class HRDA(Segmentor):
                              f"divisible by {self.divisible} (output stride / context scale)")
 
     def context_view(self, x: torch.Tensor) -> torch.Tensor:
-        """The context view: the whole input resized by `context_scale` (bilinear)."""
-        return F.interpolate(x, scale_factor=self.options.context_scale, mode="bilinear", align_corners=False)
+        """The context view: the whole input resized by `context_scale` (bilinear, as the official mmseg
+        `resize`; with `context_antialias` low-pass filtered first, as PIL's bilinear resize of the loader)."""
+        return F.interpolate(x, scale_factor=self.options.context_scale, mode="bilinear", align_corners=False,
+                             antialias=self.options.context_antialias)
 
     def view_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The one view whose encoder stages the feature distance and the auxiliary tasks read: the context
@@ -151,9 +156,17 @@ class HRDA(Segmentor):
         y1, y2, x1, x2 = box
         return Views(context, self.encode(x[:, :, y1:y2, x1:x2]), box)
 
+    def view_stages(self, views: Views) -> list[torch.Tensor]:
+        """The context view's stages of a training pass (those `view_features` gives)."""
+        return views.context
+
     def context(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The context view's logits and scale attention (sigmoid), both at its decoder resolution."""
-        return self.decode(feats), torch.sigmoid(self.attention(feats))
+        """The context view's logits and scale attention (sigmoid; `fixed_attention` everywhere when set, as
+        HRDAHead's `fixed_attention`), both at its decoder resolution."""
+        logits = self.decode(feats)
+        if self.attention is None:
+            return logits, torch.full_like(logits[:, :1], self.options.fixed_attention)
+        return logits, torch.sigmoid(self.attention(feats))
 
     def decode_views(self, views: Views) -> tuple[torch.Tensor, torch.Tensor]:
         """(fused logits at the decoder resolution of the whole input, the detail crop's logits): the head
@@ -162,7 +175,7 @@ class HRDA(Segmentor):
         detail = self.decode(views.detail)
         return self.fuse(context, attention, detail, views.box), detail
 
-    def views_loss(self, views: Views, criterion) -> torch.Tensor:
+    def views_loss(self, views: Views, criterion, size: tuple[int, int] | None = None) -> torch.Tensor:
         """(1 - lambda_d) * the fused loss + lambda_d * the detail crop's loss (HRDAHead.losses); the fused
         logits are upsampled to the input size, the detail logits to the crop's."""
         fused, detail = self.decode_views(views)
@@ -204,7 +217,7 @@ class HRDA(Segmentor):
         attention is 0 outside it and `detail` (the crop's logits) is placed at the box."""
         s, up = self.decoder_stride, 1 / self.options.context_scale
         if box is not None:
-            y1, y2, x1, x2 = (round(v / (s * up)) for v in box)
+            y1, y2, x1, x2 = (int(v / (s * up)) for v in box)  # truncated, as the official scale_box
             mask = torch.zeros_like(attention[:, :1])
             mask[:, :, y1:y2, x1:x2] = 1
             attention = attention * mask

@@ -142,8 +142,8 @@ def _contrastive_head(cfg: dict[str, Any]) -> Any:
 
 
 def _fd_view_scale(cfg: dict[str, Any]) -> Any:
-    """The scale of the input whose encoder features the feature distance reads (methods/_common.py
-    `view_features`), measured on the architecture built with the resolved options around a small encoder."""
+    """The scale of the input whose encoder features the feature distance reads (the segmentor's
+    `view_features`, harness/models/base.py), measured on the architecture built with the resolved options around a small encoder."""
     return _view_scale(json.dumps(cfg["model"], sort_keys=True))
 
 
@@ -152,7 +152,6 @@ def _view_scale(model_json: str) -> float:
     import torch
 
     from harness.models import create_segmentor
-    from methods._common import view_features
 
     cfg = {"model": json.loads(model_json)}
     options = dict(cfg["model"]["options"])
@@ -165,7 +164,7 @@ def _view_scale(model_json: str) -> float:
     model = create_segmentor(cfg["model"]["arch"], backbone="pvt_v2_b0", **options).eval()
     side = max(max(options.get("detail_crop", (64, 64))), 64)
     with torch.no_grad():
-        feats = view_features(model, torch.zeros(1, 3, side, side))
+        feats = model.view_features(torch.zeros(1, 3, side, side))
     return feats[-1].shape[-1] * model.feature_strides[-1] / side
 
 
