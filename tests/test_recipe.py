@@ -116,6 +116,11 @@ def test_small_scales_keep_the_behaviour_before_the_recipe(scale, arch):
             # there were no results before it to keep
             assert at(cfg, "eval.label_size") == [128, 64]
             continue
+        if arch == "hrda" and path == ("method", "teacher_bn"):
+            # HRDA's small-scale teacher on batch statistics, as the official (README "HRDA at cpu"): its
+            # running statistics average the context view's and the detail crops'
+            assert at(cfg, "method.teacher_bn") == "batch"
+            continue
         assert at(cfg, ".".join(path)) == at(default, ".".join(path)), path
     assert "encoder_options" not in cfg["model"]["options"]
 
